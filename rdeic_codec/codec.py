@@ -1,0 +1,174 @@
+"""Encode an image to ``.rdc`` bytes and decode it back: the RDEIC pipeline end to end.
+
+Encoder: VAE encoder feature → g_a (× gain(λ)) → h_a → VQ indices → [float64 CPU] h_s and context
+networks → range-coded indices and y. Decoder: the same float64 parameter path → ŷ → g_s → z_c →
+relay residual diffusion (seeded from the file) → VAE decoder.
+"""
+
+from __future__ import annotations
+
+import zlib
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from . import container
+from .entropy.latent_coder import GaussianModels, LatentDecoder, LatentEncoder
+from .entropy.tables import ScaleTable
+from .networks.autoencoder import decode_latent, encoder_feature
+from .networks.control import unet_forward
+from .sampler import MAX_STEPS, relay_sample
+
+PAD = 64  # total downsampling of the model: H/8 (VAE) × 1/2 (g_a) × 1/4 (h_a)
+DEFAULT_MAX_PIXELS = 4096 * 4096
+
+
+class CodecError(ValueError):
+    """A request the codec cannot serve (wrong model, size over the limit, bad parameter)."""
+
+
+@dataclass
+class EncodeResult:
+    data: bytes
+    lam: float
+    width: int
+    height: int
+    estimated_bits: float
+
+    @property
+    def bpp(self) -> float:
+        return 8 * len(self.data) / (self.width * self.height)
+
+
+def pad_image(image: np.ndarray, multiple: int = PAD) -> np.ndarray:
+    """Mirror-pad an (H, W, 3) image on the bottom and right to multiples of ``multiple``."""
+    h, w = image.shape[:2]
+    ph, pw = -h % multiple, -w % multiple
+    return np.pad(image, ((0, ph), (0, pw), (0, 0)), mode="symmetric") if ph or pw else image
+
+
+def _to_tensor(image: np.ndarray, device) -> torch.Tensor:
+    x = torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1)[None].float()
+    return (x / 127.5 - 1.0).to(device)
+
+
+def _to_uint8(x: torch.Tensor) -> np.ndarray:
+    # Round, don't truncate (the authors truncate).
+    img = ((x[0].float().clamp(-1, 1) + 1.0) * 127.5).round().to(torch.uint8)
+    return img.permute(1, 2, 0).cpu().numpy()
+
+
+def _coders(model):
+    table = ScaleTable(model.config["entropy"])
+    return table, GaussianModels(table)
+
+
+def check_lambda(model, lam: float) -> float:
+    """Validate λ against the model and return the value the file stores."""
+    rng = model.compression.lambda_range
+    if not (lam > 0 and np.isfinite(lam)):
+        raise CodecError(f"--lambda must be a positive number, got {lam}")
+    if rng is None:
+        fixed = model.config.get("lambda")
+        if fixed is not None and abs(lam - fixed) > 1e-6 and lam != container.quantize_lambda(fixed):
+            raise CodecError(f"this model was trained for λ = {fixed} only")
+    elif not rng[0] - 1e-6 <= lam <= rng[1] + 1e-6:
+        raise CodecError(f"--lambda {lam} is outside this model's range [{rng[0]:g}, {rng[1]:g}]")
+    return container.quantize_lambda(lam)
+
+
+@torch.no_grad()
+def encode(model, image: np.ndarray, lam: float) -> EncodeResult:
+    """Compress an (H, W, 3) uint8 RGB image.
+
+    Args:
+        model: a loaded :class:`~rdeic_codec.model.RDEICModel` (on any device).
+        image: the image.
+        lam: rate parameter λ (distortion weight; higher means more bits).
+    """
+    if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
+        raise CodecError("encode expects an (H, W, 3) uint8 RGB image")
+    height, width = image.shape[:2]
+    lam = check_lambda(model, lam)
+    device = next(model.parameters()).device
+    x = _to_tensor(pad_image(image), device)
+    lam_t = torch.tensor([lam], device=device)
+    y, indices = model.compression.analyse(encoder_feature(model.vae, x), lam_t)
+    path = model.entropy_path()
+    table, gaussians = _coders(model)
+    coder = LatentEncoder(table, gaussians)
+    idx = indices.cpu()
+    coder.encode_indices(idx.numpy(), path["quantize"].embed_prob)
+    hyper = path["h_s"](path["quantize"].lookup(idx, torch.float64))
+    coder.encode_latent(path["context"], hyper, y.cpu())
+    header = container.Header(model_id=model.model_id, lam=lam, width=width, height=height)
+    data = container.pack(header, coder.finish())
+    return EncodeResult(data, lam, width, height, coder.estimated_bits)
+
+
+def read_header(model, data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS) -> tuple[container.Header, bytes]:
+    """Parse and check a file against a model before anything is allocated for it."""
+    header, payload = container.unpack(data)
+    if header.model_id != model.model_id:
+        raise CodecError(f"file was made with model {header.model_id_hex}, not with this model "
+                         f"({model.model_id.hex()}); pass --model with the model it was made with")
+    if header.width * header.height > max_pixels:
+        raise CodecError(f"declared size {header.width}×{header.height} exceeds --max-pixels {max_pixels}")
+    return header, payload
+
+
+@torch.no_grad()
+def decode_latent_code(model, header: container.Header, payload: bytes):
+    """Entropy-decode a payload: returns (ŷ float64 on CPU, seed for the sampler)."""
+    ph, pw = -(-header.height // PAD) * PAD, -(-header.width // PAD) * PAD
+    path = model.entropy_path()
+    table, gaussians = _coders(model)
+    try:
+        coder = LatentDecoder(payload, table, gaussians)
+        idx = coder.decode_indices((ph // PAD) * (pw // PAD), path["quantize"].embed_prob)
+        idx = torch.from_numpy(idx).view(1, ph // PAD, pw // PAD)
+        hyper = path["h_s"](path["quantize"].lookup(idx, torch.float64))
+        y_hat = coder.decode_latent(path["context"], hyper)
+    except (ValueError, RuntimeError, AssertionError) as e:
+        raise container.FormatError(f"the coded stream is invalid ({e})") from None
+    return y_hat, zlib.crc32(payload)
+
+
+@torch.no_grad()
+def decode(model, data: bytes, steps: int = 5, detail: float = 1.0, max_pixels: int = DEFAULT_MAX_PIXELS,
+           progress=None) -> np.ndarray:
+    """Decompress ``.rdc`` bytes to an (H, W, 3) uint8 RGB image.
+
+    Args:
+        model: the model the file was made with.
+        data: the file's bytes.
+        steps: denoising steps (0: the VAE decodes z_c alone, a fast preview; 1..10).
+        detail: guidance s between the bare UNet (0) and the controlled one (1); >1 sharpens.
+        max_pixels: refuse larger declared sizes before allocating anything.
+        progress: optional callable(k, steps).
+    """
+    if not 0 <= steps <= MAX_STEPS:
+        raise CodecError(f"--steps must be between 0 and {MAX_STEPS}, got {steps}")
+    if not np.isfinite(detail):
+        raise CodecError("--detail must be a finite number")
+    header, payload = read_header(model, data, max_pixels)
+    y_hat, seed = decode_latent_code(model, header, payload)
+    device = next(model.parameters()).device
+    lam_t = torch.tensor([header.lam], device=device)
+    guide, z_c = model.compression.synthesise(y_hat.float().to(device), lam_t)
+    latent = z_c
+    if steps > 0:
+        context = model.unet.context.to(device)
+
+        def eps_fn(x, t):
+            controlled = unet_forward(model.unet, x, t, context, model.control(x, t, guide, context)) if detail else None
+            if detail == 1.0:
+                return controlled
+            bare = unet_forward(model.unet, x, t, context)
+            return bare if controlled is None else bare + detail * (controlled - bare)
+
+        generator = torch.Generator().manual_seed(seed)
+        latent = relay_sample(model.config["diffusion"], z_c, eps_fn, steps, generator, progress)
+    out = decode_latent(model.vae, latent)
+    return _to_uint8(out[:, :, : header.height, : header.width])

@@ -1,0 +1,157 @@
+"""Coding of the VQ indices and of y, slice by slice and checkerboard pass by pass.
+
+One walk (:func:`walk_slices`) serves the encoder and the decoder, so both sides compute the entropy
+parameters with the same code in the same order.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from ..networks.compression import anchor_mask
+from .tables import ScaleTable, index_frequencies
+
+WORD = np.dtype("<u4")  # constriction's compressed words, stored little-endian
+
+
+def _constriction():
+    import constriction
+
+    return constriction
+
+
+class GaussianModels:
+    """One quantised-Gaussian model per scale-table entry (mean 0: symbols are y − mean, rounded)."""
+
+    def __init__(self, table: ScaleTable):
+        c = _constriction()
+        r = table.max_symbol
+        self.table = table
+        self.models = [c.stream.model.QuantizedGaussian(-r, r, 0.0, float(s)) for s in table.scales]
+
+
+def index_model(embed_prob: torch.Tensor):
+    c = _constriction()
+    freq = index_frequencies(embed_prob).astype(np.float64)
+    return c.stream.model.Categorical(freq / freq.sum(), perfect=False)
+
+
+def index_bits(embed_prob: torch.Tensor, indices: np.ndarray) -> float:
+    freq = index_frequencies(embed_prob).astype(np.float64)
+    return float(-np.log2(freq[indices] / freq.sum()).sum())
+
+
+def symbol_bits(symbols: np.ndarray, scales: np.ndarray) -> float:
+    """The model's own estimate: -log2 of each symbol's Gaussian bin probability (floored at 2^-24)."""
+    s = torch.from_numpy(scales)
+    x = torch.from_numpy(np.abs(symbols).astype(np.float64))
+    p = torch.special.ndtr((0.5 - x) / s) - torch.special.ndtr((-0.5 - x) / s)
+    return float(-torch.log2(p.clamp_min(2.0**-24)).sum())
+
+
+def walk_slices(context, hyper: torch.Tensor, table: ScaleTable, code_pass) -> torch.Tensor:
+    """Compute every pass's (scale index, snapped mean) and let ``code_pass`` produce its symbols.
+
+    Args:
+        context: the float64 CPU copy of the compression module's :class:`EntropyContext`.
+        hyper: (1, 2M, h, w) float64 output of h_s.
+        table: the scale table.
+        code_pass: ``code_pass(scale_idx, means) → symbols`` on 1-D arrays of the pass's positions
+            in (channel, row, col) order; the encoder rounds and writes, the decoder reads.
+
+    Returns:
+        ŷ (1, M, h, w) float64, exactly equal on both sides.
+    """
+    _, _, h, w = hyper.shape
+    anchors = anchor_mask(h, w, dtype=torch.float64)
+    is_anchor = anchors.bool().expand(1, 1, h, w)[0, 0].numpy()
+    hats: list[torch.Tensor] = []
+    with torch.no_grad():
+        for i, ch in enumerate(context.slices):
+            shared = context.slice_inputs(i, hyper, hats)
+            y_hat = torch.zeros(1, ch, h, w, dtype=torch.float64)
+            for positions, params in ((is_anchor, None), (~is_anchor, "nonanchor")):
+                if params is None:
+                    scales, means = context.anchor_params(i, shared)
+                else:
+                    scales, means = context.nonanchor_params(i, shared, y_hat * anchors)
+                sel = np.broadcast_to(positions, (ch, h, w))
+                idx = table.scale_index(scales[0])[sel]
+                mu = table.snap_mean(means[0])[sel]
+                symbols = code_pass(idx, mu)
+                plane = y_hat[0].numpy()
+                plane[sel] = symbols + mu
+            hats.append(y_hat)
+    return torch.cat(hats, dim=1)
+
+
+class LatentEncoder:
+    """Writes VQ indices, then y, into one range-coded stream."""
+
+    def __init__(self, table: ScaleTable, models: GaussianModels):
+        self.coder = _constriction().stream.queue.RangeEncoder()
+        self.table, self.models = table, models
+        self.estimated_bits = 0.0
+        self._y = None
+
+    def encode_indices(self, indices: np.ndarray, embed_prob: torch.Tensor) -> None:
+        flat = indices.reshape(-1).astype(np.int32)
+        self.coder.encode(flat, index_model(embed_prob))
+        self.estimated_bits += index_bits(embed_prob, flat)
+
+    def encode_latent(self, context, hyper: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """Code y (1, M, h, w) given the hyper parameters; returns ŷ as the decoder will see it."""
+        y_np = y.detach().double().cpu().numpy()[0]
+        _, _, h, w = hyper.shape
+        anchors = anchor_mask(h, w, dtype=torch.float64).bool()[0, 0].numpy()
+        r = self.table.max_symbol
+        state = {"slice": 0, "offset": 0, "pass": 0}
+        starts = np.cumsum([0] + list(context.slices))
+
+        def code_pass(idx, mu):
+            i = state["slice"]
+            positions = anchors if state["pass"] == 0 else ~anchors
+            block = y_np[starts[i] : starts[i + 1]]
+            values = block[np.broadcast_to(positions, block.shape)]
+            symbols = np.clip(np.rint(values - mu), -r, r).astype(np.int32)
+            self._write(symbols, idx)
+            self.estimated_bits += symbol_bits(symbols, self.table.scales[idx])
+            state["pass"] ^= 1
+            if state["pass"] == 0:
+                state["slice"] += 1
+            return symbols
+
+        return walk_slices(context, hyper, self.table, code_pass)
+
+    def _write(self, symbols: np.ndarray, idx: np.ndarray) -> None:
+        # Group the pass's symbols by scale index: one vectorised call per table entry in use.
+        for s in np.unique(idx):
+            self.coder.encode(np.ascontiguousarray(symbols[idx == s]), self.models.models[int(s)])
+
+    def finish(self) -> bytes:
+        return self.coder.get_compressed().astype(WORD).tobytes()
+
+
+class LatentDecoder:
+    """Reads what :class:`LatentEncoder` wrote, in the same order."""
+
+    def __init__(self, data: bytes, table: ScaleTable, models: GaussianModels):
+        if len(data) % 4:
+            raise ValueError("payload length is not a whole number of 32-bit words")
+        words = np.frombuffer(data, dtype=WORD).astype(np.uint32)
+        self.coder = _constriction().stream.queue.RangeDecoder(words)
+        self.table, self.models = table, models
+
+    def decode_indices(self, count: int, embed_prob: torch.Tensor) -> np.ndarray:
+        return np.asarray(self.coder.decode(index_model(embed_prob), count), dtype=np.int64)
+
+    def decode_latent(self, context, hyper: torch.Tensor) -> torch.Tensor:
+        def code_pass(idx, mu):
+            symbols = np.empty(idx.shape, dtype=np.int32)
+            for s in np.unique(idx):
+                sel = idx == s
+                symbols[sel] = self.coder.decode(self.models.models[int(s)], int(sel.sum()))
+            return symbols
+
+        return walk_slices(context, hyper, self.table, code_pass)

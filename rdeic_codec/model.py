@@ -1,0 +1,167 @@
+"""An RDEIC model: config + safetensors weights in a directory, loaded into one module.
+
+Directory layout (diffusers-style, a config saved beside the weights)::
+
+    config.json                 profile config, name, model_id
+    compression.safetensors     compression module (defines the bitstream)
+    control.safetensors         control module
+    unet.safetensors            base denoiser and the stored cross-attention context
+    vae.safetensors             latent autoencoder
+
+The model id is the first 4 bytes of a SHA-256 over the config (without the id) and every weight
+file; it is written into every ``.rdc`` file, and a model whose files do not hash to its id is
+refused. Weights are read only from safetensors: no pickle is ever loaded.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+import os
+
+import torch
+from torch import nn
+
+from .profiles import REQUIRED_SECTIONS
+
+COMPONENTS = ("compression", "control", "unet", "vae")
+DEFAULT_MODEL = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "models", "rdeic-small")
+
+
+class ModelError(ValueError):
+    """A model directory is missing, incomplete or inconsistent."""
+
+
+class RDEICModel(nn.Module):
+    """All networks of one RDEIC model.
+
+    Args:
+        config: a profile config (see :mod:`rdeic_codec.profiles`), with optional ``name``/``model_id``.
+    """
+
+    def __init__(self, config: dict):
+        super().__init__()
+        from .networks.autoencoder import build_vae
+        from .networks.compression import CompressionModule
+        from .networks.control import ControlModule, build_unet
+
+        self.config = copy.deepcopy(config)
+        self.compression = CompressionModule(config["compression"])
+        self.vae = build_vae(config["vae"])
+        self.unet = build_unet(config["unet"])
+        self.control = ControlModule(config["control"], config["unet"], config["compression"]["guide_channels"],
+                                     self.unet)
+        # The stored cross-attention context (SD: the empty prompt's text embedding).
+        self.unet.register_buffer("context", torch.zeros(config["context_shape"]))
+        self._entropy_path = None
+
+    @property
+    def model_id(self) -> bytes:
+        return bytes.fromhex(self.config["model_id"])
+
+    def component(self, name: str) -> nn.Module:
+        return getattr(self, name)
+
+    def entropy_path(self):
+        """Float64 CPU copies of what derives the entropy parameters (codebook, h_s, context nets)."""
+        if self._entropy_path is None:
+            comp = self.compression
+            self._entropy_path = nn.ModuleDict({
+                "quantize": copy.deepcopy(comp.quantize).to("cpu", torch.float64),
+                "h_s": copy.deepcopy(comp.h_s).to("cpu", torch.float64),
+                "context": copy.deepcopy(comp.context).to("cpu", torch.float64),
+            }).eval()
+        return self._entropy_path
+
+
+def _file_digest(path: str) -> bytes:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.digest()
+
+
+def compute_model_id(folder: str, config: dict) -> str:
+    h = hashlib.sha256()
+    body = {k: v for k, v in config.items() if k != "model_id"}
+    h.update(json.dumps(body, sort_keys=True).encode())
+    for name in COMPONENTS:
+        h.update(_file_digest(os.path.join(folder, f"{name}.safetensors")))
+    return h.hexdigest()[:8]
+
+
+def save_model(model: RDEICModel, folder: str, name: str | None = None, extra: dict | None = None) -> str:
+    """Write a model directory; returns the model id (8 hex digits)."""
+    from safetensors.torch import save_file
+
+    os.makedirs(folder, exist_ok=True)
+    model._entropy_path = None
+    for comp in COMPONENTS:
+        state = {k: v.detach().contiguous().cpu() for k, v in model.component(comp).state_dict().items()}
+        save_file(state, os.path.join(folder, f"{comp}.safetensors"))
+    config = {k: v for k, v in model.config.items() if k != "model_id"}
+    if name:
+        config["name"] = name
+    if extra:
+        config.update(extra)
+    config["model_id"] = compute_model_id(folder, config)
+    with open(os.path.join(folder, "config.json"), "w") as f:
+        json.dump(config, f, indent=2, sort_keys=True)
+        f.write("\n")
+    model.config = config
+    return config["model_id"]
+
+
+def read_config(folder: str) -> dict:
+    path = os.path.join(folder, "config.json")
+    if not os.path.isdir(folder):
+        raise ModelError(f"model directory {folder} does not exist")
+    if not os.path.exists(path):
+        raise ModelError(f"{folder} has no config.json; it is not an rdeic model directory")
+    try:
+        with open(path) as f:
+            config = json.load(f)
+    except (OSError, json.JSONDecodeError) as e:
+        raise ModelError(f"cannot read {path}: {e}") from None
+    missing = [k for k in REQUIRED_SECTIONS + ("model_id",) if k not in config]
+    if missing:
+        raise ModelError(f"{path} lacks the field(s) {', '.join(missing)}")
+    return config
+
+
+def load_model(folder: str | None = None, device: str | torch.device = "cpu", verify: bool = True) -> RDEICModel:
+    """Load a model directory (the shipped default when ``folder`` is None).
+
+    Args:
+        folder: model directory.
+        device: where the networks run; the entropy path always runs on the CPU in float64.
+        verify: check that the files hash to the model id in the config.
+    """
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    folder = folder or DEFAULT_MODEL
+    config = read_config(folder)
+    for comp in COMPONENTS:
+        if not os.path.exists(os.path.join(folder, f"{comp}.safetensors")):
+            raise ModelError(f"{folder} lacks {comp}.safetensors")
+    if verify and compute_model_id(folder, config) != config["model_id"]:
+        raise ModelError(f"the weights in {folder} do not match its model id {config['model_id']} "
+                         "(files changed or damaged)")
+    try:
+        with torch.device("meta"):
+            model = RDEICModel(config)
+    except (KeyError, TypeError, ValueError) as e:
+        raise ModelError(f"{folder}/config.json is not a valid rdeic config: {e}") from None
+    for comp in COMPONENTS:
+        try:
+            state = load_file(os.path.join(folder, f"{comp}.safetensors"))
+        except (SafetensorError, OSError) as e:
+            raise ModelError(f"cannot read {comp}.safetensors: {e}") from None
+        try:
+            model.component(comp).load_state_dict(state, strict=True, assign=True)
+        except RuntimeError as e:
+            raise ModelError(f"{comp}.safetensors does not fit the config: {str(e).splitlines()[0]}") from None
+    return model.to(device).eval()

@@ -1,0 +1,191 @@
+"""The control module of RDEIC and the UNet walk that injects it (method file, section 3).
+
+The control module is a copy of the UNet's encoder and middle block at reduced width that reads
+concat[x_t, c]. Its 25 (for SD) zero-initialised 1×1 convs are **added to the hidden state** of the
+frozen UNet: after each encoder unit (conv_in, each resnet/attention pair, each downsampler), to the
+middle output, and before each decoder unit. diffusers' ControlNet interface only adds to the skip
+connections, so :func:`unet_forward` walks the UNet's blocks itself.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+
+def _blocks():
+    from diffusers.models.embeddings import TimestepEmbedding, Timesteps
+    from diffusers.models.unets.unet_2d_blocks import get_down_block, get_mid_block
+
+    return TimestepEmbedding, Timesteps, get_down_block, get_mid_block
+
+
+def build_unet(unet_config: dict):
+    from diffusers import UNet2DConditionModel
+
+    return UNet2DConditionModel(**unet_config)
+
+
+def encoder_unit_channels(block_out_channels, layers_per_block: int, down_types) -> list[int]:
+    """Channels of the hidden state after each encoder unit (conv_in, resnets, downsamplers)."""
+    chans = [block_out_channels[0]]
+    for level, ch in enumerate(block_out_channels):
+        chans += [ch] * layers_per_block
+        if level < len(block_out_channels) - 1:
+            chans.append(ch)
+    return chans
+
+
+def decoder_unit_channels(unet) -> list[int]:
+    """Channels of the UNet hidden state entering each decoder unit (before the skip is concatenated)."""
+    chans, current = [], unet.mid_block.resnets[-1].out_channels
+    for block in unet.up_blocks:
+        for resnet in block.resnets:
+            chans.append(current)
+            current = resnet.out_channels
+    return chans
+
+
+def _zero_conv(cin: int, cout: int) -> nn.Conv2d:
+    conv = nn.Conv2d(cin, cout, 1)
+    nn.init.zeros_(conv.weight)
+    nn.init.zeros_(conv.bias)
+    return conv
+
+
+@dataclass
+class ControlResiduals:
+    """What the control module adds to the UNet: one tensor per encoder unit, the middle, per decoder unit."""
+
+    encoder: list[torch.Tensor]
+    middle: torch.Tensor
+    decoder: list[torch.Tensor]
+
+
+class ControlModule(nn.Module):
+    """Encoder + middle block of a UNet at reduced width, reading concat[x_t, c].
+
+    Args:
+        cfg: the ``control`` section of a profile.
+        unet_cfg: the ``unet`` section (block types, layers, cross-attention width).
+        guide_channels: channels of the guide feature c.
+        unet: the UNet it feeds, to size the zero convs.
+    """
+
+    def __init__(self, cfg: dict, unet_cfg: dict, guide_channels: int, unet):
+        super().__init__()
+        TimestepEmbedding, Timesteps, get_down_block, get_mid_block = _blocks()
+        chans = cfg["block_out_channels"]
+        layers = unet_cfg["layers_per_block"]
+        temb = cfg["time_embed_channels"]
+        groups = cfg["norm_num_groups"]
+        head_dim = cfg["attention_head_dim"]
+        cross = unet_cfg["cross_attention_dim"]
+        linear = unet_cfg.get("use_linear_projection", False)
+        self.time_proj = Timesteps(cfg["time_proj_channels"], flip_sin_to_cos=True, downscale_freq_shift=0)
+        self.time_embedding = TimestepEmbedding(cfg["time_proj_channels"], temb)
+        self.conv_in = nn.Conv2d(unet_cfg["in_channels"] + guide_channels, chans[0], 3, padding=1)
+        self.down_blocks = nn.ModuleList()
+        prev = chans[0]
+        for level, (kind, ch) in enumerate(zip(unet_cfg["down_block_types"], chans)):
+            self.down_blocks.append(get_down_block(
+                kind, num_layers=layers, in_channels=prev, out_channels=ch, temb_channels=temb,
+                add_downsample=level < len(chans) - 1, resnet_eps=1e-5, resnet_act_fn="silu",
+                resnet_groups=groups, cross_attention_dim=cross, num_attention_heads=ch // head_dim,
+                attention_head_dim=head_dim, downsample_padding=1, use_linear_projection=linear,
+            ))
+            prev = ch
+        self.mid_block = get_mid_block(
+            unet_cfg.get("mid_block_type", "UNetMidBlock2DCrossAttn"), temb_channels=temb, in_channels=chans[-1],
+            resnet_eps=1e-5, resnet_act_fn="silu", resnet_groups=groups, cross_attention_dim=cross,
+            num_attention_heads=chans[-1] // head_dim, attention_head_dim=head_dim, use_linear_projection=linear,
+        )
+        own = encoder_unit_channels(chans, layers, unet_cfg["down_block_types"])
+        target = encoder_unit_channels(unet_cfg["block_out_channels"], layers, unet_cfg["down_block_types"])
+        dec_target = decoder_unit_channels(unet)
+        n = len(own)
+        self.enc_zero_convs = nn.ModuleList(_zero_conv(a, b) for a, b in zip(own, target))
+        self.middle_zero_conv = _zero_conv(chans[-1], unet_cfg["block_out_channels"][-1])
+        self.dec_zero_convs = nn.ModuleList(_zero_conv(own[n - 1 - j], dec_target[j]) for j in range(n))
+        # Per-injection multipliers (the authors' ``scale_list``), all 1 unless a checkpoint says otherwise.
+        self.register_buffer("scales", torch.ones(2 * n + 1))
+
+    def forward(self, x_t: torch.Tensor, t: torch.Tensor, guide: torch.Tensor, context: torch.Tensor) -> ControlResiduals:
+        b = x_t.shape[0]
+        context = context.expand(b, -1, -1)
+        t = torch.as_tensor(t, device=x_t.device).reshape(-1).expand(b)
+        temb = self.time_embedding(self.time_proj(t).to(x_t.dtype))
+        h = self.conv_in(torch.cat([x_t, guide], dim=1))
+        feats = [h]
+        for block in self.down_blocks:
+            for r, resnet in enumerate(block.resnets):
+                h = resnet(h, temb)
+                if getattr(block, "has_cross_attention", False):
+                    h = block.attentions[r](h, encoder_hidden_states=context, return_dict=False)[0]
+                feats.append(h)
+            if block.downsamplers is not None:
+                h = block.downsamplers[0](h)
+                feats.append(h)
+        h = _mid(self.mid_block, h, temb, context)
+        n, s = len(feats), self.scales
+        return ControlResiduals(
+            encoder=[zc(f) * s[i] for i, (zc, f) in enumerate(zip(self.enc_zero_convs, feats))],
+            middle=self.middle_zero_conv(h) * s[n],
+            decoder=[zc(feats[n - 1 - j]) * s[n + 1 + j] for j, zc in enumerate(self.dec_zero_convs)],
+        )
+
+
+def _mid(block, h, temb, context):
+    if getattr(block, "has_cross_attention", False):
+        return block(h, temb, encoder_hidden_states=context)
+    return block(h, temb)
+
+
+def unet_forward(unet, x: torch.Tensor, t: torch.Tensor, context: torch.Tensor,
+                 control: ControlResiduals | None = None) -> torch.Tensor:
+    """The UNet's epsilon prediction, with the control residuals added to its hidden state.
+
+    Args:
+        unet: a diffusers ``UNet2DConditionModel``.
+        x: (B, 4, h, w) noisy latent.
+        t: scalar or (B,) timesteps (original, not respaced).
+        context: (B or 1, L, D) cross-attention context.
+        control: residuals from :class:`ControlModule`, or None for the bare UNet.
+    """
+    b = x.shape[0]
+    context = context.expand(b, -1, -1)
+    t = torch.as_tensor(t, device=x.device).reshape(-1).expand(b)
+    temb = unet.time_embedding(unet.time_proj(t).to(x.dtype))
+    enc = iter(control.encoder) if control is not None else None
+    dec = iter(control.decoder) if control is not None else None
+
+    def inject(h, it):
+        return h if it is None else h + next(it)
+
+    h = inject(unet.conv_in(x), enc)
+    skips = [h]
+    for block in unet.down_blocks:
+        for r, resnet in enumerate(block.resnets):
+            h = resnet(h, temb)
+            if getattr(block, "has_cross_attention", False):
+                h = block.attentions[r](h, encoder_hidden_states=context, return_dict=False)[0]
+            h = inject(h, enc)
+            skips.append(h)
+        if block.downsamplers is not None:
+            h = inject(block.downsamplers[0](h), enc)
+            skips.append(h)
+    h = _mid(unet.mid_block, h, temb, context)
+    if control is not None:
+        h = h + control.middle
+    for block in unet.up_blocks:
+        for r, resnet in enumerate(block.resnets):
+            h = inject(h, dec)
+            h = resnet(torch.cat([h, skips.pop()], dim=1), temb)
+            if getattr(block, "has_cross_attention", False):
+                h = block.attentions[r](h, encoder_hidden_states=context, return_dict=False)[0]
+        if block.upsamplers is not None:
+            h = block.upsamplers[0](h, skips[-1].shape[-2:])
+    h = unet.conv_act(unet.conv_norm_out(h))
+    return unet.conv_out(h)

@@ -1,0 +1,204 @@
+"""Model configurations ("profiles") of rdeic.
+
+A profile is a plain JSON-serialisable dict, saved as ``config.json`` beside the safetensors weights
+(the diffusers convention). One code path builds every profile:
+
+* ``paper``: the RDEIC paper's scale (Li et al., TCSVT 2025): Stable Diffusion 2.1-base UNet and VAE,
+  a compression module of about 52M and a control module of about 25M parameters.
+* ``small``: the default model trained by this project on a 2-core CPU.
+* ``tiny``: a few thousand parameters, for unit tests only.
+"""
+
+from __future__ import annotations
+
+import copy
+
+# Channel slices of y for the ELIC-style channel context (method file, section 1.6).
+PAPER_SLICES = [8, 8, 8, 8, 16, 16, 32, 32, 64, 64]
+
+# SD's noise schedule and relay start (method file, section 4).
+DIFFUSION = {
+    "num_train_timesteps": 1000,
+    "beta_start": 0.00085,
+    "beta_end": 0.012,
+    "relay_start": 299,
+    "trained_steps": [2, 5],
+}
+
+# Coding-time tables (method file, section 2): 64 log-spaced scales from 0.11 to 256.
+ENTROPY = {"scale_min": 0.11, "scale_max": 256.0, "num_scales": 64, "mean_step_log2": -8, "max_symbol": 4096}
+
+_SD21_UNET = {
+    "sample_size": 64,
+    "in_channels": 4,
+    "out_channels": 4,
+    "block_out_channels": [320, 640, 1280, 1280],
+    "layers_per_block": 2,
+    "down_block_types": ["CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "DownBlock2D"],
+    "up_block_types": ["UpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D"],
+    "mid_block_type": "UNetMidBlock2DCrossAttn",
+    "cross_attention_dim": 1024,
+    "attention_head_dim": [5, 10, 20, 20],
+    "use_linear_projection": True,
+    "norm_num_groups": 32,
+}
+
+_SD21_VAE = {
+    "in_channels": 3,
+    "out_channels": 3,
+    "latent_channels": 4,
+    "block_out_channels": [128, 256, 512, 512],
+    "layers_per_block": 2,
+    "down_block_types": ["DownEncoderBlock2D"] * 4,
+    "up_block_types": ["UpDecoderBlock2D"] * 4,
+    "norm_num_groups": 32,
+    "sample_size": 512,
+    "scaling_factor": 0.18215,
+}
+
+PAPER = {
+    "profile": "paper",
+    "vae": _SD21_VAE,
+    "unet": _SD21_UNET,
+    # Shape of the stored empty-prompt text embedding fed to cross-attention.
+    "context_shape": [1, 77, 1024],
+    "control": {
+        "block_out_channels": [64, 128, 256, 256],
+        "attention_head_dim": 16,
+        "norm_num_groups": 32,
+        "time_proj_channels": 320,
+        "time_embed_channels": 1280,
+    },
+    "compression": {
+        "feature_channels": 512,
+        "feature_scale": 0.18215,
+        "N": 256,
+        "M": 256,
+        "hyper_channels": 256,
+        "codebook_size": 16384,
+        "slices": PAPER_SLICES,
+        "context_hidden": [224, 128],
+        "guide_channels": 256,
+        "lambdas": None,
+    },
+    "diffusion": DIFFUSION,
+    "entropy": ENTROPY,
+}
+
+SMALL = {
+    "profile": "small",
+    "vae": {
+        "in_channels": 3,
+        "out_channels": 3,
+        "latent_channels": 4,
+        "block_out_channels": [32, 64, 128, 128],
+        "layers_per_block": 1,
+        "down_block_types": ["DownEncoderBlock2D"] * 4,
+        "up_block_types": ["UpDecoderBlock2D"] * 4,
+        "norm_num_groups": 16,
+        "mid_block_add_attention": False,
+        "sample_size": 256,
+        "scaling_factor": 1.0,
+    },
+    "unet": {
+        "sample_size": 32,
+        "in_channels": 4,
+        "out_channels": 4,
+        "block_out_channels": [32, 64, 128, 128],
+        "layers_per_block": 2,
+        "down_block_types": ["DownBlock2D", "DownBlock2D", "CrossAttnDownBlock2D", "DownBlock2D"],
+        "up_block_types": ["UpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D", "UpBlock2D"],
+        "mid_block_type": "UNetMidBlock2DCrossAttn",
+        "cross_attention_dim": 64,
+        "attention_head_dim": 4,
+        "use_linear_projection": True,
+        "norm_num_groups": 16,
+    },
+    "context_shape": [1, 4, 64],
+    "control": {
+        "block_out_channels": [16, 32, 64, 64],
+        "attention_head_dim": 16,
+        "norm_num_groups": 8,
+        "time_proj_channels": 32,
+        "time_embed_channels": 128,
+    },
+    "compression": {
+        "feature_channels": 128,
+        "feature_scale": 0.18215,
+        "N": 64,
+        "M": 128,
+        "hyper_channels": 64,
+        "codebook_size": 1024,
+        "slices": [4, 4, 4, 4, 8, 8, 16, 16, 32, 32],
+        "context_hidden": [96, 64],
+        "guide_channels": 64,
+        # One model for every rate: per-channel gains on y at these λ, interpolated in log λ.
+        "lambdas": [0.1, 0.25, 0.5, 1.0, 2.0],
+    },
+    "diffusion": DIFFUSION,
+    "entropy": ENTROPY,
+}
+
+TINY = {
+    "profile": "tiny",
+    "vae": {
+        "in_channels": 3,
+        "out_channels": 3,
+        "latent_channels": 4,
+        "block_out_channels": [8, 8, 16, 16],
+        "layers_per_block": 1,
+        "down_block_types": ["DownEncoderBlock2D"] * 4,
+        "up_block_types": ["UpDecoderBlock2D"] * 4,
+        "norm_num_groups": 4,
+        "mid_block_add_attention": False,
+        "sample_size": 64,
+        "scaling_factor": 1.0,
+    },
+    "unet": {
+        "sample_size": 8,
+        "in_channels": 4,
+        "out_channels": 4,
+        "block_out_channels": [8, 16, 16, 16],
+        "layers_per_block": 2,
+        "down_block_types": ["CrossAttnDownBlock2D", "DownBlock2D", "CrossAttnDownBlock2D", "DownBlock2D"],
+        "up_block_types": ["UpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D", "CrossAttnUpBlock2D"],
+        "mid_block_type": "UNetMidBlock2DCrossAttn",
+        "cross_attention_dim": 8,
+        "attention_head_dim": 2,
+        "use_linear_projection": True,
+        "norm_num_groups": 4,
+    },
+    "context_shape": [1, 3, 8],
+    "control": {
+        "block_out_channels": [4, 8, 8, 8],
+        "attention_head_dim": 4,
+        "norm_num_groups": 4,
+        "time_proj_channels": 8,
+        "time_embed_channels": 32,
+    },
+    "compression": {
+        "feature_channels": 16,
+        "feature_scale": 0.18215,
+        "N": 8,
+        "M": 16,
+        "hyper_channels": 8,
+        "codebook_size": 32,
+        "slices": [1, 1, 1, 1, 1, 1, 2, 2, 3, 3],
+        "context_hidden": [8, 8],
+        "guide_channels": 8,
+        "lambdas": [0.1, 0.5, 2.0],
+    },
+    "diffusion": DIFFUSION,
+    "entropy": ENTROPY,
+}
+
+PROFILES = {"paper": PAPER, "small": SMALL, "tiny": TINY}
+
+REQUIRED_SECTIONS = ("profile", "vae", "unet", "context_shape", "control", "compression", "diffusion", "entropy")
+
+
+def get_profile(name: str) -> dict:
+    """Return a fresh copy of a named profile's config (``paper``, ``small`` or ``tiny``)."""
+    if name not in PROFILES:
+        raise ValueError(f"unknown profile {name!r}; choose one of {', '.join(PROFILES)}")
+    return copy.deepcopy(PROFILES[name])

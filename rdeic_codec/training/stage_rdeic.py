@@ -1,0 +1,114 @@
+"""RDEIC stage 1 ("independent" training, method file section 6): compression + control modules.
+
+The autoencoder and the base denoiser are frozen. For each sample, λ is drawn log-uniformly from the
+model's range (one model for every rate) and t uniformly from 0..299:
+
+    ε' = ε + (z_c − z)/λ_r,  x_t = √ᾱ_t·z + √(1−ᾱ_t)·ε',  ẑ0 = (x_t − √(1−ᾱ_t)·ε̂)/√ᾱ_t
+    loss = λ·[MSE(ẑ0, z) + MSE(z_c, z)] + bpp + L_vq
+
+where z is the image's scaled latent (the posterior mean, see :mod:`.stage_autoencoder`).
+"""
+
+from __future__ import annotations
+
+import math
+import time
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from ..networks.control import unet_forward
+from ..sampler import alphas_cumprod
+from .checkpoint import load_checkpoint, save_checkpoint
+from .latent_cache import LatentCrops
+from .progress import Progress
+from .schedule import lr_factor, set_lr
+
+
+def sample_lambdas(n: int, lo: float, hi: float, generator) -> torch.Tensor:
+    u = torch.rand(n, generator=generator)
+    return torch.exp(math.log(lo) + u * (math.log(hi) - math.log(lo)))
+
+
+def stage1_loss(model, feature, z, lam, t, ab, relay_start: int, generator):
+    """One stage-1 loss evaluation; returns (loss, logs)."""
+    out = model.compression(feature, lam)
+    z_c = out["z_c"]
+    lam_r = math.sqrt(1.0 / float(ab[relay_start]) - 1.0)
+    eps = torch.randn(z.shape, generator=generator) + (z_c - z) / lam_r
+    a = ab[t].view(-1, 1, 1, 1)
+    x_t = a.sqrt() * z + (1 - a).sqrt() * eps
+    ctx = model.unet.context
+    eps_hat = unet_forward(model.unet, x_t, t, ctx, model.control(x_t, t, out["c"], ctx))
+    z0 = (x_t - (1 - a).sqrt() * eps_hat) / a.sqrt()
+    mse_x0 = (z0 - z).pow(2).flatten(1).mean(1)
+    mse_zc = (z_c - z).pow(2).flatten(1).mean(1)
+    pixels = z.shape[2] * z.shape[3] * 64
+    bpp = out["bits"] / pixels
+    loss = (lam * (mse_x0 + mse_zc)).mean() + bpp.mean() + out["vq_loss"]
+    return loss, {"bpp": bpp.mean().item(), "mse_x0": mse_x0.mean().item(), "mse_zc": mse_zc.mean().item()}
+
+
+def train_stage1(model, cache_path: str, valid_cache: str, work_dir: str, steps: int, batch: int = 8,
+                 crop: int = 32, lr: float = 1e-4, seed: int = 0, save_every: int = 300):
+    """Train (or resume) stage 1 on a model whose VAE and UNet are already trained; updates ``model``."""
+    torch.manual_seed(seed)
+    for p in list(model.vae.parameters()) + list(model.unet.parameters()):
+        p.requires_grad_(False)
+    params = list(model.compression.parameters()) + list(model.control.parameters())
+    opt = torch.optim.AdamW(params, lr=lr, weight_decay=0.0)
+    modules = {"compression": model.compression, "control": model.control}
+    meta = load_checkpoint(work_dir, modules, opt)
+    start = meta["step"] if meta else 0
+    data = LatentCrops(cache_path, crop, seed=seed + start)
+    valid = LatentCrops(valid_cache, crop, seed=1)
+    dcfg = model.config["diffusion"]
+    ab = torch.tensor(alphas_cumprod(dcfg), dtype=torch.float32)
+    lo, hi = model.compression.lambda_range
+    gen = torch.Generator().manual_seed(seed + start)
+    progress = Progress(steps, start, "stage1")
+    t0 = time.time()
+    model.unet.eval()
+    model.vae.eval()
+    for step in range(start, steps):
+        set_lr(opt, lr * lr_factor(step, steps))
+        model.compression.train()
+        model.control.train()
+        z, feat = data.batch(batch)
+        lam = sample_lambdas(batch, lo, hi, gen)
+        t = torch.randint(0, dcfg["relay_start"] + 1, (batch,), generator=gen)
+        loss, logs = stage1_loss(model, feat, z, lam, t, ab, dcfg["relay_start"], gen)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        opt.step()
+        progress.update(step + 1, loss=loss.item(), **logs)
+        if (step + 1) % save_every == 0 or step + 1 == steps:
+            model.compression.eval()
+            model.control.eval()
+            with torch.no_grad():
+                g = torch.Generator().manual_seed(0)
+                z, feat = valid.batch(8, indices=range(8))
+                rows = []
+                for lv in (0.1, 0.5, 2.0):
+                    _, lg = stage1_loss(model, feat, z, torch.full((8,), lv), torch.full((8,), 299), ab,
+                                        dcfg["relay_start"], g)
+                    rows.append(f"λ={lv}: bpp {lg['bpp']:.4f} mse_zc {lg['mse_zc']:.4f} mse_x0 {lg['mse_x0']:.4f}")
+            progress.log(f"step {step + 1} valid " + "; ".join(rows) + f" ({time.time() - t0:.0f} s)")
+            save_checkpoint(work_dir, modules, opt, step + 1)
+    return model
+
+
+def estimate_index_prior(model, cache_path: str, crop: int = 32, batches: int = 50, batch: int = 16) -> None:
+    """Replace the codebook usage EMA by counts over training crops (the coding-time index prior)."""
+    data = LatentCrops(cache_path, crop, seed=123)
+    counts = torch.zeros_like(model.compression.quantize.embed_prob)
+    lo, hi = model.compression.lambda_range
+    g = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for _ in range(batches):
+            _, feat = data.batch(batch)
+            _, idx = model.compression.analyse(feat, sample_lambdas(batch, lo, hi, g))
+            counts += torch.bincount(idx.flatten(), minlength=counts.numel()).to(counts)
+    model.compression.quantize.embed_prob.copy_((counts + 0.5) / (counts + 0.5).sum())
