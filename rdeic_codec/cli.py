@@ -197,5 +197,40 @@ def info(input_path):
                f"total bytes:    {len(data)} ({bpp:.4f} bpp)")
 
 
+@main.command(cls=_Command)
+@click.argument("train_dir", type=click.Path(exists=True, file_okay=False))
+@click.argument("valid_dir", type=click.Path(exists=True, file_okay=False))
+@click.option("--work", type=click.Path(file_okay=False), required=True,
+              help="Folder for checkpoints and caches; running again resumes from it.")
+@click.option("-o", "--output", type=click.Path(file_okay=False), default=None,
+              help="Write the finished model directory here.")
+@click.option("--stages", default="autoencoder,denoiser,stage1", show_default=True,
+              help="Comma-separated stages to run, in order.")
+@click.option("--steps", "step_overrides", multiple=True, metavar="STAGE=N",
+              help="Iterations of a stage, e.g. --steps stage1=5000 (repeatable).")
+@click.option("--seed", type=int, default=0, show_default=True)
+@threads_option
+def train(train_dir, valid_dir, work, output, stages, step_overrides, seed, threads):
+    """Train the small profile from folders of images (resumable; see docs/training.md)."""
+    import torch
+
+    if threads:
+        torch.set_num_threads(threads)
+    from .training.pipeline import STAGES, run
+
+    chosen = tuple(s.strip() for s in stages.split(",") if s.strip())
+    unknown = [s for s in chosen if s not in STAGES]
+    if unknown:
+        fail(f"unknown stage(s) {', '.join(unknown)}; choose from {', '.join(STAGES)}", EXIT_USAGE)
+    steps = {}
+    for item in step_overrides:
+        name, _, value = item.partition("=")
+        if name not in STAGES or not value.isdigit():
+            fail(f"--steps takes STAGE=N with STAGE one of {', '.join(STAGES)}, got {item!r}", EXIT_USAGE)
+        steps[name] = int(value)
+    run(train_dir, valid_dir, work, output, stages=chosen, steps=steps, seed=seed,
+        log=lambda m: click.echo(m, err=True))
+
+
 if __name__ == "__main__":
     main()

@@ -1,0 +1,82 @@
+"""``rdeic train``: the small profile's stages in order, each resumable, assembled into a model directory.
+
+    autoencoder → cache → denoiser → stage1 → (index prior) → model directory
+
+Every stage keeps its checkpoint in ``WORK/<stage>``; running the same command again resumes where it
+stopped, and a finished stage is skipped.
+"""
+
+from __future__ import annotations
+
+import os
+
+import torch
+
+from ..model import RDEICModel, save_model
+from ..profiles import get_profile
+
+STAGES = ("autoencoder", "denoiser", "stage1")
+
+
+def _done(work: str, stage: str) -> bool:
+    return os.path.exists(os.path.join(work, stage, "done"))
+
+
+def _mark_done(work: str, stage: str) -> None:
+    open(os.path.join(work, stage, "done"), "w").close()
+
+
+def run(train_dir: str, valid_dir: str, work: str, output: str | None, profile: str = "small",
+        stages=STAGES, steps: dict | None = None, seed: int = 0, log=print) -> None:
+    from diffusers import AutoencoderKL
+
+    from .latent_cache import build_cache
+    from .stage_autoencoder import train_autoencoder
+    from .stage_denoiser import train_denoiser
+    from .stage_rdeic import estimate_index_prior, train_stage1
+
+    steps = {"autoencoder": 2500, "denoiser": 2000, "stage1": 3000, **(steps or {})}
+    config = get_profile(profile)
+    os.makedirs(work, exist_ok=True)
+    if "autoencoder" in stages and not _done(work, "autoencoder"):
+        train_autoencoder(config, train_dir, valid_dir, os.path.join(work, "autoencoder"), steps["autoencoder"],
+                          seed=seed)
+        _mark_done(work, "autoencoder")
+    vae = AutoencoderKL.from_pretrained(os.path.join(work, "autoencoder", "vae")).eval()
+    config["vae"]["scaling_factor"] = float(vae.config.scaling_factor)
+    train_cache, valid_cache = os.path.join(work, "cache-train.safetensors"), os.path.join(work, "cache-valid.safetensors")
+    build_cache(vae, train_dir, train_cache, log=log)
+    build_cache(vae, valid_dir, valid_cache, log=log)
+
+    model = RDEICModel(config)
+    model.vae.load_state_dict(vae.state_dict())
+    if "denoiser" in stages and not _done(work, "denoiser"):
+        train_denoiser(config, train_cache, valid_cache, os.path.join(work, "denoiser"), steps["denoiser"], seed=seed)
+        _mark_done(work, "denoiser")
+    _load_denoiser(model, os.path.join(work, "denoiser"))
+    if "stage1" in stages:
+        if not _done(work, "stage1"):
+            train_stage1(model, train_cache, valid_cache, os.path.join(work, "stage1"), steps["stage1"], seed=seed)
+            _mark_done(work, "stage1")
+        else:
+            from .checkpoint import load_checkpoint
+
+            load_checkpoint(os.path.join(work, "stage1"), {"compression": model.compression, "control": model.control})
+    if output:
+        model.eval()
+        estimate_index_prior(model, train_cache)
+        model_id = save_model(model, output, name=os.path.basename(os.path.normpath(output)),
+                              extra={"training": {"stages": list(stages), "steps": steps, "seed": seed}})
+        log(f"wrote {output} (model id {model_id})")
+
+
+def _load_denoiser(model: RDEICModel, folder: str) -> None:
+    from .checkpoint import load_checkpoint
+    from .stage_denoiser import BaseDenoiser
+
+    base = BaseDenoiser(model.config)
+    if load_checkpoint(folder, {"denoiser": base}) is None:
+        raise FileNotFoundError(f"no denoiser checkpoint in {folder}")
+    model.unet.load_state_dict(base.unet.state_dict())
+    with torch.no_grad():
+        model.unet.context.copy_(base.context)

@@ -1,0 +1,47 @@
+"""Shared fixtures: a tiny random-weight model (diffusers-style tiny test config) and the shipped model."""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+import pytest
+import torch
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SHIPPED_MODEL = os.path.join(ROOT, "models", "rdeic-small")
+VALID_DIR = os.path.join(os.path.dirname(ROOT), "shared", "data", "valid")
+
+
+def make_tiny_model(folder: str, seed: int = 0) -> str:
+    from rdeic_codec.model import RDEICModel, save_model
+    from rdeic_codec.profiles import get_profile
+
+    torch.manual_seed(seed)
+    model = RDEICModel(get_profile("tiny"))
+    # Non-zero control, so tests see the control path do something.
+    for conv in list(model.control.enc_zero_convs) + [model.control.middle_zero_conv] + list(model.control.dec_zero_convs):
+        torch.nn.init.normal_(conv.weight, std=0.05)
+    save_model(model, folder, name="tiny-test")
+    return folder
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory) -> str:
+    return make_tiny_model(str(tmp_path_factory.mktemp("tiny-model")))
+
+
+@pytest.fixture(scope="session")
+def tiny_model(tiny_model_dir):
+    from rdeic_codec.model import load_model
+
+    return load_model(tiny_model_dir)
+
+
+def smooth_image(height: int, width: int, seed: int = 0) -> np.ndarray:
+    """A synthetic photo-like image: smooth gradients plus a little texture."""
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[0:height, 0:width] / max(height, width)
+    base = np.stack([np.sin(6 * xx + 1), np.cos(5 * yy), np.sin(4 * (xx + yy))], axis=2)
+    img = 127 + 90 * base + rng.normal(0, 8, (height, width, 3))
+    return np.clip(img, 0, 255).astype(np.uint8)

@@ -1,0 +1,58 @@
+"""Round trips through encode and decode with a tiny random-weight model."""
+
+import numpy as np
+import pytest
+
+from rdeic_codec import codec, container
+
+from conftest import smooth_image
+
+
+@pytest.mark.parametrize("size", [(64, 64), (70, 100), (1, 1), (33, 130)])
+def test_original_size_is_restored(tiny_model, size):
+    image = smooth_image(*size)
+    result = codec.encode(tiny_model, image, 0.5)
+    out = codec.decode(tiny_model, result.data, steps=2)
+    assert out.shape == image.shape and out.dtype == np.uint8
+    header, _ = container.unpack(result.data)
+    assert (header.width, header.height) == (size[1], size[0])
+
+
+def test_decoding_twice_gives_the_same_pixels(tiny_model):
+    data = codec.encode(tiny_model, smooth_image(64, 128), 1.0).data
+    for steps, detail in [(5, 1.0), (2, 0.5), (0, 1.0)]:
+        a = codec.decode(tiny_model, data, steps=steps, detail=detail)
+        b = codec.decode(tiny_model, data, steps=steps, detail=detail)
+        assert np.array_equal(a, b)
+
+
+def test_detail_changes_the_output(tiny_model):
+    data = codec.encode(tiny_model, smooth_image(64, 64), 1.0).data
+    assert not np.array_equal(codec.decode(tiny_model, data, steps=2, detail=0.0),
+                              codec.decode(tiny_model, data, steps=2, detail=1.0))
+
+
+def test_lambda_outside_the_range_is_refused(tiny_model):
+    with pytest.raises(codec.CodecError, match="range"):
+        codec.encode(tiny_model, smooth_image(64, 64), 5.0)
+
+
+def test_file_from_another_model_is_refused(tiny_model):
+    data = codec.encode(tiny_model, smooth_image(64, 64), 1.0).data
+    header, payload = container.unpack(data)
+    other = container.pack(container.Header(b"\xff\xff\xff\xff", header.lam, header.width, header.height), payload)
+    with pytest.raises(codec.CodecError, match="made with model ffffffff"):
+        codec.decode(tiny_model, other)
+
+
+def test_declared_size_over_the_limit_is_refused_before_decoding(tiny_model):
+    header = container.Header(tiny_model.model_id, 1.0, 100000, 100000)
+    with pytest.raises(codec.CodecError, match="max-pixels"):
+        codec.decode(tiny_model, container.pack(header, b"\x00" * 8))
+
+
+def test_more_lambda_more_bits(tiny_model):
+    # Gains start out increasing with λ, so even a random model spends more bits at higher λ.
+    image = smooth_image(128, 128)
+    sizes = [len(codec.encode(tiny_model, image, lam).data) for lam in (0.1, 0.5, 2.0)]
+    assert sizes[0] < sizes[2]

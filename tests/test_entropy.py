@@ -1,0 +1,92 @@
+"""Entropy coding must decode exactly whatever thread count or float noise the decoder sees."""
+
+import copy
+
+import numpy as np
+import pytest
+import torch
+
+from rdeic_codec import codec, container
+from rdeic_codec.entropy.latent_coder import GaussianModels, LatentDecoder, LatentEncoder
+from rdeic_codec.entropy.tables import ScaleTable
+from rdeic_codec.networks.autoencoder import encoder_feature
+
+from conftest import smooth_image
+
+
+def encoder_side(model, image, lam):
+    """Run the encoder and return (file bytes, ŷ the encoder committed to)."""
+    x = codec._to_tensor(codec.pad_image(image), "cpu")
+    y, idx = model.compression.analyse(encoder_feature(model.vae, x), torch.tensor([lam]))
+    path = model.entropy_path()
+    table = ScaleTable(model.config["entropy"])
+    enc = LatentEncoder(table, GaussianModels(table))
+    enc.encode_indices(idx.numpy(), path["quantize"].embed_prob)
+    hyper = path["h_s"](path["quantize"].lookup(idx, torch.float64))
+    y_hat = enc.encode_latent(path["context"], hyper, y)
+    header = container.Header(model.model_id, lam, image.shape[1], image.shape[0])
+    return container.pack(header, enc.finish()), y_hat
+
+
+@torch.no_grad()
+def test_one_thread_encoder_two_thread_decoder(tiny_model):
+    image = smooth_image(128, 192)
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        data, y_enc = encoder_side(tiny_model, image, 1.0)
+        torch.set_num_threads(2)
+        header, payload = container.unpack(data)
+        y_dec, _ = codec.decode_latent_code(tiny_model, header, payload)
+    finally:
+        torch.set_num_threads(threads)
+    assert torch.equal(y_enc, y_dec)
+
+
+@torch.no_grad()
+def test_decoder_parameter_noise_does_not_change_symbols(tiny_model):
+    image = smooth_image(128, 128, seed=3)
+    data, y_enc = encoder_side(tiny_model, image, 0.5)
+    noisy = copy.copy(tiny_model)
+    noisy._entropy_path = copy.deepcopy(tiny_model.entropy_path())
+    gen = torch.Generator().manual_seed(0)
+    for p in noisy._entropy_path.parameters():
+        p.mul_(1 + 1e-12 * torch.randn(p.shape, generator=gen, dtype=p.dtype))
+    header, payload = container.unpack(data)
+    y_dec, _ = codec.decode_latent_code(noisy, header, payload)
+    assert torch.equal(y_enc, y_dec)
+
+
+def test_file_size_matches_the_model_estimate(tiny_model):
+    image = smooth_image(384, 512, seed=1)
+    result = codec.encode(tiny_model, image, 2.0)
+    _, payload = container.unpack(result.data)
+    header_bytes = len(result.data) - len(payload)
+    assert result.estimated_bits > 2000  # enough bits for the 0.5% bound to mean something
+    assert 8 * (len(result.data) - header_bytes) <= result.estimated_bits * 1.005 + 64
+    assert 8 * len(payload) >= result.estimated_bits * 0.99
+
+
+def test_scale_table_matches_the_authors():
+    table = ScaleTable({"scale_min": 0.11, "scale_max": 256.0, "num_scales": 64, "mean_step_log2": -8,
+                        "max_symbol": 4096})
+    assert table.scales[0] == pytest.approx(0.11) and table.scales[-1] == pytest.approx(256.0)
+    idx = table.scale_index(torch.tensor([0.01, 0.11, 1.0, 1000.0]))
+    assert idx[0] == 0 and idx[1] == 0 and idx[-1] == 63
+    assert np.all(table.snap_mean(torch.tensor([0.1234])) * 256 % 1 == 0)
+
+
+def test_range_coder_roundtrip_of_symbols():
+    table = ScaleTable({"scale_min": 0.11, "scale_max": 256.0, "num_scales": 64, "mean_step_log2": -8,
+                        "max_symbol": 4096})
+    models = GaussianModels(table)
+    rng = np.random.default_rng(0)
+    idx = rng.integers(0, 64, 500)
+    symbols = np.rint(rng.normal(0, table.scales[idx])).astype(np.int32)
+    enc = LatentEncoder(table, models)
+    enc._write(symbols, idx)
+    dec = LatentDecoder(enc.finish(), table, models)
+    out = np.empty_like(symbols)
+    for s in np.unique(idx):
+        out[idx == s] = dec.coder.decode(models.models[int(s)], int((idx == s).sum()))
+    assert np.array_equal(out, symbols)
