@@ -232,5 +232,117 @@ def train(train_dir, valid_dir, work, output, stages, step_overrides, seed, thre
         log=lambda m: click.echo(m, err=True))
 
 
+# -- eval ------------------------------------------------------------------------------------------
+def _csv_list(kind):
+    def parse(ctx, param, value):
+        if value.strip().lower() in ("", "none"):
+            return []
+        try:
+            return list(dict.fromkeys(kind(v) for v in value.split(",") if v.strip()))  # repeats once
+        except ValueError:
+            raise click.BadParameter(f"expected comma-separated {kind.__name__}s, got {value!r}") from None
+
+    return parse
+
+
+@main.command("eval", cls=_Command)
+@click.argument("folder", type=click.Path(exists=True, file_okay=False))
+@click.option("-l", "--lambda", "lambdas", default="0.1,0.25,0.5,1,2", show_default=True,
+              callback=_csv_list(float), help="Comma-separated λ values; one .rdc file per image and λ.")
+@click.option("-s", "--steps", "steps", default="2,5", show_default=True, callback=_csv_list(int),
+              help="Comma-separated step counts; each .rdc file is decoded once per count.")
+@click.option("-b", "--baselines", default="jpeg,webp,avif,avif-half,jxl", show_default=True,
+              callback=_csv_list(str), help="Baseline codecs matched to each .rdc file's rate ('none': no baselines).")
+@click.option("-o", "--output", "out_dir", default="report", show_default=True, type=click.Path(file_okay=False),
+              help="Report folder: results.json, results.csv, rd_*.png, index.html, files/, crops/.")
+@click.option("-n", "--limit", type=click.IntRange(1), default=None, help="Only the first N images (by name).")
+@click.option("-d", "--detail", type=float, default=1.0, show_default=True, help="Decoder detail guidance.")
+@click.option("--crop", type=click.IntRange(16), default=256, show_default=True,
+              help="Side of the centre crops in index.html.")
+@click.option("--metrics-module", "metric_modules", multiple=True, metavar="MODULE",
+              help="Import MODULE first; it may register more metrics (LPIPS, DISTS, FID), "
+                   "see rdeic_codec/evaluation/registry.py. Repeatable.")
+@model_option
+@device_option
+@threads_option
+@quiet_option
+@force_option
+def eval_command(folder, lambdas, steps, baselines, out_dir, limit, detail, crop, metric_modules,
+                 model_dir, device, threads, quiet, force):
+    """Evaluate rdeic on the images in FOLDER against baseline codecs at matched rates.
+
+    Every image is encoded to an .rdc file per λ and decoded per step count; each baseline gets the
+    largest file not exceeding that .rdc file's size. Rates are file sizes over the original pixel
+    count. Reports bpp, PSNR, MS-SSIM, NIQE and encode/decode seconds per image and on average in
+    OUTPUT/results.json and results.csv, rate-quality plots (rd_*.png) and index.html with crops.
+    Ctrl-C keeps what was finished.
+    """
+    import importlib
+
+    from .evaluation.baselines import CODECS, BaselineUnavailable, get_codec
+
+    if not lambdas or not steps:
+        raise click.BadParameter("give at least one value", param_hint="--lambda/--steps")
+    if unknown := [b for b in baselines if b not in CODECS]:
+        raise click.BadParameter(f"unknown codec(s) {', '.join(unknown)}; known: {', '.join(CODECS)}",
+                                 param_hint="--baselines")
+    if bad := [s for s in steps if not 0 <= s <= 10]:
+        raise click.BadParameter(f"step counts must be 0..10, got {bad}", param_hint="--steps")
+    try:
+        for name in baselines:
+            get_codec(name).require()
+    except BaselineUnavailable as e:
+        fail(str(e))
+    old_report = os.path.exists(os.path.join(out_dir, "results.json"))
+    if old_report and not force:
+        fail(f"{out_dir} already holds a report (results.json); use --force to replace it")
+    if metric_modules and os.getcwd() not in sys.path:
+        sys.path.insert(0, os.getcwd())
+    for name in metric_modules:
+        try:
+            importlib.import_module(name)
+        except ImportError as e:
+            fail(f"--metrics-module {name}: {e}")
+    from PIL import Image
+
+    from .evaluation.runner import EvalSettings, Runner, list_images
+
+    paths = list_images(folder, limit)
+    if not paths:
+        fail(f"{folder} holds no images (looked for PNG, JPEG, WebP, TIFF, BMP, PPM)")
+    for path in paths:  # headers only: unreadable files fail before any work
+        try:
+            Image.open(path).close()
+        except Exception as e:  # noqa: BLE001 - any reason becomes one line naming the file
+            fail(f"{path}: not a readable image ({e})")
+    model = _load(model_dir, device, threads)
+    from . import codec
+
+    for lam in lambdas:
+        codec.check_lambda(model, lam)
+    import torch
+
+    from .model import DEFAULT_MODEL
+
+    meta = {"rdeic_version": __version__, "torch_version": torch.__version__,
+            "model_dir": os.path.abspath(model_dir or DEFAULT_MODEL), "model_name": model.config.get("name"), "model_id": model.model_id.hex(),
+            "device": str(next(model.parameters()).device), "threads": torch.get_num_threads(),
+            "folder": os.path.abspath(folder), "started": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+    settings = EvalSettings(lambdas, steps, baselines, detail, crop)
+    if old_report:  # --force: the old run's files would otherwise linger beside the new ones
+        import shutil
+
+        for sub in ("files", "crops"):
+            shutil.rmtree(os.path.join(out_dir, sub), ignore_errors=True)
+    t0 = time.perf_counter()
+    runner = Runner(model, out_dir, settings, meta, progress=False if quiet else None)
+    try:
+        results = runner.run(paths)
+    except KeyboardInterrupt:
+        fail(f"interrupted; the finished part is in {os.path.join(out_dir, 'index.html')}", 130)
+    _stats(quiet, f"{os.path.join(out_dir, 'index.html')}: {len(results.images)} images, "
+                  f"{len(results.rows)} rows, {time.perf_counter() - t0:.1f} s")
+
+
 if __name__ == "__main__":
     main()

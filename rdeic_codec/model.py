@@ -142,7 +142,7 @@ def load_model(folder: str | None = None, device: str | torch.device = "cpu", ve
     from safetensors import SafetensorError
     from safetensors.torch import load_file
 
-    folder = folder or DEFAULT_MODEL
+    folder = folder or os.environ.get("RDEIC_MODEL") or DEFAULT_MODEL
     config = read_config(folder)
     for comp in COMPONENTS:
         if not os.path.exists(os.path.join(folder, f"{comp}.safetensors")):
