@@ -92,14 +92,31 @@ def compute_model_id(folder: str, config: dict) -> str:
     return h.hexdigest()[:8]
 
 
+HALF_MIN_ELEMENTS = 1024
+
+
+def _storage(t: torch.Tensor) -> torch.Tensor:
+    """Weight tensors are stored in float16 (half the download); small tensors (biases, gains, λ
+    anchors, the index prior) stay float32 where precision matters and size does not. Loading casts
+    everything back to float32, and the decoder's float64 entropy path starts from these stored values,
+    so encoder and decoder still see identical numbers."""
+    t = t.detach().contiguous().cpu()
+    if t.is_floating_point() and t.numel() >= HALF_MIN_ELEMENTS:
+        return t.half()
+    return t
+
+
 def save_model(model: RDEICModel, folder: str, name: str | None = None, extra: dict | None = None) -> str:
-    """Write a model directory; returns the model id (8 hex digits)."""
+    """Write a model directory; returns the model id (8 hex digits).
+
+    The in-memory model is rounded to what was stored, so it behaves exactly like a reloaded copy.
+    """
     from safetensors.torch import save_file
 
     os.makedirs(folder, exist_ok=True)
     model._entropy_path = None
     for comp in COMPONENTS:
-        state = {k: v.detach().contiguous().cpu() for k, v in model.component(comp).state_dict().items()}
+        state = {k: _storage(v) for k, v in model.component(comp).state_dict().items()}
         save_file(state, os.path.join(folder, f"{comp}.safetensors"))
     config = {k: v for k, v in model.config.items() if k != "model_id"}
     if name:
@@ -111,6 +128,11 @@ def save_model(model: RDEICModel, folder: str, name: str | None = None, extra: d
         json.dump(config, f, indent=2, sort_keys=True)
         f.write("\n")
     model.config = config
+    with torch.no_grad():
+        for comp in COMPONENTS:
+            for v in model.component(comp).state_dict().values():
+                if v.is_floating_point():
+                    v.copy_(_storage(v).to(v.dtype))
     return config["model_id"]
 
 
@@ -164,4 +186,4 @@ def load_model(folder: str | None = None, device: str | torch.device = "cpu", ve
             model.component(comp).load_state_dict(state, strict=True, assign=True)
         except RuntimeError as e:
             raise ModelError(f"{comp}.safetensors does not fit the config: {str(e).splitlines()[0]}") from None
-    return model.to(device).eval()
+    return model.float().to(device).eval()
