@@ -21,3 +21,47 @@ def kl_to_standard_normal(mean: torch.Tensor, logvar: torch.Tensor) -> torch.Ten
     """KL(N(mean, exp(logvar)) || N(0, 1)), summed over latent elements, averaged over the batch."""
     kl = 0.5 * (mean.pow(2) + logvar.exp() - 1.0 - logvar)
     return kl.flatten(1).sum(1).mean()
+
+
+def _gaussian_window(size: int = 11, sigma: float = 1.5, dtype=torch.float32) -> torch.Tensor:
+    x = torch.arange(size, dtype=dtype) - (size - 1) / 2
+    g = torch.exp(-(x**2) / (2 * sigma**2))
+    return g / g.sum()
+
+
+MS_SSIM_WEIGHTS = (0.0448, 0.2856, 0.3001, 0.2363, 0.1333)
+
+
+def ms_ssim_loss(a: torch.Tensor, b: torch.Tensor, levels: int = 3) -> torch.Tensor:
+    """1 − MS-SSIM (Wang et al., 2003) per image, differentiable, for images in [-1, 1].
+
+    Stage 2 uses it where the authors use LPIPS (no LPIPS backbone can be had offline): it rewards
+    local structure and contrast rather than the blur that a pixel MSE alone prefers. Training crops
+    are small, so it runs on ``levels`` scales with the standard weights renormalised.
+    """
+    a, b = (a + 1) / 2, (b + 1) / 2
+    win = _gaussian_window(dtype=a.dtype).to(a.device)
+    ch = a.shape[1]
+    wx, wy = win.view(1, 1, 1, -1).repeat(ch, 1, 1, 1), win.view(1, 1, -1, 1).repeat(ch, 1, 1, 1)
+
+    def blur(x):
+        return F.conv2d(F.conv2d(x, wx, groups=ch), wy, groups=ch)
+
+    c1, c2 = 0.01**2, 0.03**2
+    weights = torch.tensor(MS_SSIM_WEIGHTS[:levels], dtype=a.dtype, device=a.device)
+    weights = weights / weights.sum()
+    values = []
+    for level in range(levels):
+        mu_a, mu_b = blur(a), blur(b)
+        saa = blur(a * a) - mu_a**2
+        sbb = blur(b * b) - mu_b**2
+        sab = blur(a * b) - mu_a * mu_b
+        cs = (2 * sab + c2) / (saa + sbb + c2)
+        if level == levels - 1:
+            ssim = (2 * mu_a * mu_b + c1) / (mu_a**2 + mu_b**2 + c1) * cs
+            values.append(ssim.flatten(1).mean(1).clamp_min(1e-6))
+        else:
+            values.append(cs.flatten(1).mean(1).clamp_min(1e-6))
+            a, b = F.avg_pool2d(a, 2), F.avg_pool2d(b, 2)
+    stacked = torch.stack(values, dim=1)
+    return 1 - torch.prod(stacked ** weights, dim=1)

@@ -1,6 +1,6 @@
 """``rdeic train``: the small profile's stages in order, each resumable, assembled into a model directory.
 
-    autoencoder → cache → denoiser → stage1 → (index prior) → model directory
+    autoencoder → cache → denoiser → stage1 → finetune (stage 2) → (index prior) → model directory
 
 Every stage keeps its checkpoint in ``WORK/<stage>``; running the same command again resumes where it
 stopped, and a finished stage is skipped.
@@ -15,7 +15,7 @@ import torch
 from ..model import RDEICModel, save_model
 from ..profiles import get_profile
 
-STAGES = ("autoencoder", "denoiser", "stage1")
+STAGES = ("autoencoder", "denoiser", "stage1", "finetune")
 
 
 def _done(work: str, stage: str) -> bool:
@@ -31,11 +31,13 @@ def run(train_dir: str, valid_dir: str, work: str, output: str | None, profile: 
     from diffusers import AutoencoderKL
 
     from .latent_cache import build_cache
+    from .checkpoint import load_checkpoint
     from .stage_autoencoder import train_autoencoder
+    from .stage_finetune import train_finetune
     from .stage_denoiser import train_denoiser
     from .stage_rdeic import estimate_index_prior, train_stage1
 
-    steps = {"autoencoder": 2500, "denoiser": 2000, "stage1": 3000, **(steps or {})}
+    steps = {"autoencoder": 2500, "denoiser": 2000, "stage1": 3000, "finetune": 1000, **(steps or {})}
     config = get_profile(profile)
     os.makedirs(work, exist_ok=True)
     if "autoencoder" in stages and not _done(work, "autoencoder"):
@@ -54,14 +56,18 @@ def run(train_dir: str, valid_dir: str, work: str, output: str | None, profile: 
         train_denoiser(config, train_cache, valid_cache, os.path.join(work, "denoiser"), steps["denoiser"], seed=seed)
         _mark_done(work, "denoiser")
     _load_denoiser(model, os.path.join(work, "denoiser"))
-    if "stage1" in stages:
-        if not _done(work, "stage1"):
-            train_stage1(model, train_cache, valid_cache, os.path.join(work, "stage1"), steps["stage1"], seed=seed)
-            _mark_done(work, "stage1")
+    for stage in ("stage1", "finetune"):
+        if stage not in stages:
+            continue
+        folder = os.path.join(work, stage)
+        if _done(work, stage):
+            load_checkpoint(folder, {"compression": model.compression, "control": model.control})
+            continue
+        if stage == "stage1":
+            train_stage1(model, train_cache, valid_cache, folder, steps[stage], seed=seed)
         else:
-            from .checkpoint import load_checkpoint
-
-            load_checkpoint(os.path.join(work, "stage1"), {"compression": model.compression, "control": model.control})
+            train_finetune(model, train_dir, valid_dir, folder, steps[stage], seed=seed)
+        _mark_done(work, stage)
     if output:
         model.eval()
         estimate_index_prior(model, train_cache)

@@ -1,0 +1,93 @@
+"""RDEIC stage 2, fixed-step fine-tuning (FSFT; method file, section 6).
+
+Start from x_N, run the whole 2- or 5-step relay sampler with gradients, decode with the (frozen)
+VAE decoder and compare pixels:
+
+    loss = λ·(MSE_pixel + 0.5·(1 − MS-SSIM) + MSE(z_c, z)) + bpp + L_vq
+
+The authors use LPIPS where we use 1 − MS-SSIM (no LPIPS backbone exists offline). Each batch draws
+its step count from {2, 5}, so one model serves both (the authors fine-tune one model per count).
+"""
+
+from __future__ import annotations
+
+import time
+
+import torch
+
+from ..networks.autoencoder import decode_latent, encoder_feature, latent_from_feature
+from ..networks.control import unet_forward
+from ..sampler import relay_sample
+from .checkpoint import load_checkpoint, save_checkpoint
+from .data import ImageFolderCrops
+from .losses import ms_ssim_loss
+from .progress import Progress
+from .schedule import lr_factor, set_lr
+from .stage_rdeic import sample_lambdas
+
+PERCEPTUAL_WEIGHT = 0.5
+
+
+def finetune_loss(model, x: torch.Tensor, lam: torch.Tensor, steps: int, generator):
+    with torch.no_grad():
+        feat = encoder_feature(model.vae, x)
+        z = latent_from_feature(model.vae, feat)
+    out = model.compression(feat, lam)
+    ctx = model.unet.context
+    guide = out["c"]
+
+    def eps_fn(x_t, t):
+        return unet_forward(model.unet, x_t, t, ctx, model.control(x_t, t, guide, ctx))
+
+    latent = relay_sample(model.config["diffusion"], out["z_c"], eps_fn, steps, generator)
+    rec = decode_latent(model.vae, latent)
+    mse = (rec - x).pow(2).flatten(1).mean(1)
+    perceptual = ms_ssim_loss(rec, x)
+    mse_zc = (out["z_c"] - z).pow(2).flatten(1).mean(1)
+    bpp = out["bits"] / (x.shape[2] * x.shape[3])
+    loss = (lam * (mse + PERCEPTUAL_WEIGHT * perceptual + mse_zc)).mean() + bpp.mean() + out["vq_loss"]
+    return loss, {"bpp": bpp.mean().item(), "mse": mse.mean().item(), "msssim": 1 - perceptual.mean().item()}
+
+
+def train_finetune(model, train_dir: str, valid_dir: str, work_dir: str, steps: int, batch: int = 4,
+                   crop: int = 128, lr: float = 2e-5, seed: int = 0, save_every: int = 200):
+    """Fine-tune compression + control through the sampler and the VAE decoder; updates ``model``."""
+    torch.manual_seed(seed)
+    for p in list(model.vae.parameters()) + list(model.unet.parameters()):
+        p.requires_grad_(False)
+    params = list(model.compression.parameters()) + list(model.control.parameters())
+    opt = torch.optim.AdamW(params, lr=lr, weight_decay=0.0)
+    modules = {"compression": model.compression, "control": model.control}
+    meta = load_checkpoint(work_dir, modules, opt)
+    start = meta["step"] if meta else 0
+    data = ImageFolderCrops(train_dir, crop, seed=seed + start)
+    valid = ImageFolderCrops(valid_dir, crop, seed=1)
+    lo, hi = model.compression.lambda_range
+    gen = torch.Generator().manual_seed(seed + start)
+    progress = Progress(steps, start, "finetune")
+    t0 = time.time()
+    model.unet.eval()
+    model.vae.eval()
+    for step in range(start, steps):
+        set_lr(opt, lr * lr_factor(step, steps, warmup=20))
+        model.compression.train()
+        model.control.train()
+        n_steps = 2 if torch.rand(1, generator=gen).item() < 0.5 else 5
+        loss, logs = finetune_loss(model, data.batch(batch), sample_lambdas(batch, lo, hi, gen), n_steps, gen)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        opt.step()
+        progress.update(step + 1, loss=loss.item(), **logs)
+        if (step + 1) % save_every == 0 or step + 1 == steps:
+            model.compression.eval()
+            model.control.eval()
+            with torch.no_grad():
+                x = valid.batch(4, indices=range(4))
+                rows = []
+                for lv in (0.1, 2.0):
+                    _, lg = finetune_loss(model, x, torch.full((4,), lv), 2, torch.Generator().manual_seed(0))
+                    rows.append(f"λ={lv}: bpp {lg['bpp']:.4f} ms-ssim {lg['msssim']:.4f}")
+            progress.log(f"step {step + 1} valid " + "; ".join(rows) + f" ({time.time() - t0:.0f} s)")
+            save_checkpoint(work_dir, modules, opt, step + 1)
+    return model
