@@ -59,5 +59,6 @@ class ImageFolderCrops:
         """A (size, 3, crop, crop) float batch in [-1, 1]."""
         if indices is None:
             indices = self.rng.integers(0, len(self.images), size)
+        indices = [int(i) % len(self.images) for i in indices]  # small folders repeat images
         arr = np.stack([self.crop_at(int(i)) for i in indices])
         return torch.from_numpy(arr).permute(0, 3, 1, 2).float().div(127.5).sub(1.0)

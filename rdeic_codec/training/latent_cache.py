@@ -40,8 +40,9 @@ def build_cache(vae, folder: str, path: str, max_side: int = 512, log=print) -> 
         tensors[f"{i:05d}.latent"] = latent_from_feature(vae, feat)[0].contiguous()
         if (i + 1) % 200 == 0:
             log(f"cached {i + 1}/{len(paths)} images")
-    save_file(tensors, path + ".tmp")
-    os.replace(path + ".tmp", path)
+    tmp = f"{path}.{os.getpid()}.tmp"  # two stages may build the same cache at once
+    save_file(tensors, tmp)
+    os.replace(tmp, path)
 
 
 class LatentCrops:
@@ -72,6 +73,7 @@ class LatentCrops:
         """(latents (B,4,c,c), features (B,C,c,c) float32 or None), both at latent resolution."""
         if indices is None:
             indices = self.rng.integers(0, len(self.latents), size)
+        indices = [int(i) % len(self.latents) for i in indices]  # small folders repeat images
         lat, feat = [], []
         for i in indices:
             z = self.latents[int(i)]

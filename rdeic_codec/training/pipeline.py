@@ -1,6 +1,9 @@
 """``rdeic train``: the small profile's stages in order, each resumable, assembled into a model directory.
 
-    autoencoder → cache → denoiser → stage1 → finetune (stage 2) → (index prior) → model directory
+    autoencoder → cache → denoiser, compression → stage1 → finetune (stage 2) → (index prior) → model dir
+
+"denoiser" and "compression" are independent of each other: on a machine with spare cores they can
+run at the same time, as two ``rdeic train --stages ...`` processes with the same ``--work``.
 
 Every stage keeps its checkpoint in ``WORK/<stage>``; running the same command again resumes where it
 stopped, and a finished stage is skipped.
@@ -15,7 +18,7 @@ import torch
 from ..model import RDEICModel, save_model
 from ..profiles import get_profile
 
-STAGES = ("autoencoder", "denoiser", "stage1", "finetune")
+STAGES = ("autoencoder", "denoiser", "compression", "stage1", "finetune")
 
 
 def _done(work: str, stage: str) -> bool:
@@ -30,14 +33,15 @@ def run(train_dir: str, valid_dir: str, work: str, output: str | None, profile: 
         stages=STAGES, steps: dict | None = None, seed: int = 0, log=print) -> None:
     from diffusers import AutoencoderKL
 
-    from .latent_cache import build_cache
     from .checkpoint import load_checkpoint
+    from .latent_cache import build_cache
     from .stage_autoencoder import train_autoencoder
-    from .stage_finetune import train_finetune
     from .stage_denoiser import train_denoiser
+    from .stage_finetune import train_finetune
     from .stage_rdeic import estimate_index_prior, train_stage1
 
-    steps = {"autoencoder": 2500, "denoiser": 2000, "stage1": 3000, "finetune": 1000, **(steps or {})}
+    steps = {"autoencoder": 2500, "denoiser": 2000, "compression": 2000, "stage1": 1500, "finetune": 1000,
+             **(steps or {})}
     config = get_profile(profile)
     os.makedirs(work, exist_ok=True)
     if "autoencoder" in stages and not _done(work, "autoencoder"):
@@ -55,16 +59,24 @@ def run(train_dir: str, valid_dir: str, work: str, output: str | None, profile: 
     if "denoiser" in stages and not _done(work, "denoiser"):
         train_denoiser(config, train_cache, valid_cache, os.path.join(work, "denoiser"), steps["denoiser"], seed=seed)
         _mark_done(work, "denoiser")
-    _load_denoiser(model, os.path.join(work, "denoiser"))
-    for stage in ("stage1", "finetune"):
+    if any(s in stages for s in ("stage1", "finetune")) or output:
+        _load_denoiser(model, os.path.join(work, "denoiser"))
+    for stage in ("compression", "stage1", "finetune"):
         if stage not in stages:
             continue
         folder = os.path.join(work, stage)
+        modules = {"compression": model.compression}
+        if stage != "compression":
+            modules["control"] = model.control
         if _done(work, stage):
-            load_checkpoint(folder, {"compression": model.compression, "control": model.control})
+            load_checkpoint(folder, modules)
             continue
-        if stage == "stage1":
-            train_stage1(model, train_cache, valid_cache, folder, steps[stage], seed=seed)
+        if stage == "stage1" and not os.path.exists(os.path.join(folder, "checkpoint.safetensors")):
+            # Stage 1 starts from the pretrained compression module when there is one.
+            load_checkpoint(os.path.join(work, "compression"), {"compression": model.compression})
+        if stage in ("compression", "stage1"):
+            train_stage1(model, train_cache, valid_cache, folder, steps[stage], seed=seed,
+                         diffusion=stage == "stage1")
         else:
             train_finetune(model, train_dir, valid_dir, folder, steps[stage], seed=seed)
         _mark_done(work, stage)

@@ -7,6 +7,10 @@ model's range (one model for every rate) and t uniformly from 0..299:
     loss = λ·[MSE(ẑ0, z) + MSE(z_c, z)] + bpp + L_vq
 
 where z is the image's scaled latent (the posterior mean, see :mod:`.stage_autoencoder`).
+
+Stage "compression" (our addition, to use both CPU cores) pretrains the compression module alone,
+before stage 1, with the diffusion term replaced by a second z_c term:
+loss = 2λ·MSE(z_c, z) + bpp + L_vq. It needs no denoiser, so it runs beside the denoiser's training.
 """
 
 from __future__ import annotations
@@ -31,6 +35,15 @@ def sample_lambdas(n: int, lo: float, hi: float, generator) -> torch.Tensor:
     return torch.exp(math.log(lo) + u * (math.log(hi) - math.log(lo)))
 
 
+def compression_loss(model, feature, z, lam):
+    """The pretraining loss of the compression module alone; returns (loss, logs)."""
+    out = model.compression(feature, lam)
+    mse_zc = (out["z_c"] - z).pow(2).flatten(1).mean(1)
+    bpp = out["bits"] / (z.shape[2] * z.shape[3] * 64)
+    loss = (2 * lam * mse_zc).mean() + bpp.mean() + out["vq_loss"]
+    return loss, {"bpp": bpp.mean().item(), "mse_zc": mse_zc.mean().item()}
+
+
 def stage1_loss(model, feature, z, lam, t, ab, relay_start: int, generator):
     """One stage-1 loss evaluation; returns (loss, logs)."""
     out = model.compression(feature, lam)
@@ -51,14 +64,21 @@ def stage1_loss(model, feature, z, lam, t, ab, relay_start: int, generator):
 
 
 def train_stage1(model, cache_path: str, valid_cache: str, work_dir: str, steps: int, batch: int = 8,
-                 crop: int = 32, lr: float = 1e-4, seed: int = 0, save_every: int = 300):
-    """Train (or resume) stage 1 on a model whose VAE and UNet are already trained; updates ``model``."""
+                 crop: int = 32, lr: float = 1e-4, seed: int = 0, save_every: int = 300,
+                 diffusion: bool = True):
+    """Train (or resume) stage 1 on a model whose VAE and UNet are already trained; updates ``model``.
+
+    With ``diffusion=False`` this is the "compression" pretraining stage (no UNet, no control).
+    """
     torch.manual_seed(seed)
     for p in list(model.vae.parameters()) + list(model.unet.parameters()):
         p.requires_grad_(False)
-    params = list(model.compression.parameters()) + list(model.control.parameters())
+    modules = {"compression": model.compression}
+    if diffusion:
+        modules["control"] = model.control
+    params = [p for m in modules.values() for p in m.parameters()]
     opt = torch.optim.AdamW(params, lr=lr, weight_decay=0.0)
-    modules = {"compression": model.compression, "control": model.control}
+    name = "stage1" if diffusion else "compression"
     meta = load_checkpoint(work_dir, modules, opt)
     start = meta["step"] if meta else 0
     data = LatentCrops(cache_path, crop, seed=seed + start)
@@ -67,7 +87,13 @@ def train_stage1(model, cache_path: str, valid_cache: str, work_dir: str, steps:
     ab = torch.tensor(alphas_cumprod(dcfg), dtype=torch.float32)
     lo, hi = model.compression.lambda_range
     gen = torch.Generator().manual_seed(seed + start)
-    progress = Progress(steps, start, "stage1")
+    progress = Progress(steps, start, name)
+
+    def loss_fn(feat, z, lam, t, g):
+        if diffusion:
+            return stage1_loss(model, feat, z, lam, t, ab, dcfg["relay_start"], g)
+        return compression_loss(model, feat, z, lam)
+
     t0 = time.time()
     model.unet.eval()
     model.vae.eval()
@@ -78,7 +104,7 @@ def train_stage1(model, cache_path: str, valid_cache: str, work_dir: str, steps:
         z, feat = data.batch(batch)
         lam = sample_lambdas(batch, lo, hi, gen)
         t = torch.randint(0, dcfg["relay_start"] + 1, (batch,), generator=gen)
-        loss, logs = stage1_loss(model, feat, z, lam, t, ab, dcfg["relay_start"], gen)
+        loss, logs = loss_fn(feat, z, lam, t, gen)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
@@ -92,9 +118,8 @@ def train_stage1(model, cache_path: str, valid_cache: str, work_dir: str, steps:
                 z, feat = valid.batch(8, indices=range(8))
                 rows = []
                 for lv in (0.1, 0.5, 2.0):
-                    _, lg = stage1_loss(model, feat, z, torch.full((8,), lv), torch.full((8,), 299), ab,
-                                        dcfg["relay_start"], g)
-                    rows.append(f"λ={lv}: bpp {lg['bpp']:.4f} mse_zc {lg['mse_zc']:.4f} mse_x0 {lg['mse_x0']:.4f}")
+                    _, lg = loss_fn(feat, z, torch.full((8,), lv), torch.full((8,), 299), g)
+                    rows.append(f"λ={lv}: " + " ".join(f"{k} {v:.4f}" for k, v in lg.items()))
             progress.log(f"step {step + 1} valid " + "; ".join(rows) + f" ({time.time() - t0:.0f} s)")
             save_checkpoint(work_dir, modules, opt, step + 1)
     return model
