@@ -1,4 +1,4 @@
-"""The ``rdeic`` command line: encode, decode, info (and train, eval).
+"""The ``rdeic`` command line: encode, decode, info, convert (and train, eval).
 
 Heavy libraries (torch, diffusers, constriction) are imported inside the commands that need them, so
 ``rdeic --help`` answers at once. Every user mistake ends in a one-line ``rdeic: error: ...`` on
@@ -176,6 +176,30 @@ def _step_progress(steps: int, quiet: bool):
         click.echo(f"\rdenoising step {k}/{total}", err=True, nl=k == total)
 
     return show
+
+
+@main.command(cls=_Command)
+@click.option("--rdeic", "rdeic_path", type=click.Path(exists=True, dir_okay=False), required=True,
+              help="The authors' RDEIC checkpoint, e.g. rdeic_2_step2.ckpt.")
+@click.option("--sd", "sd_path", type=click.Path(exists=True), default=None,
+              help="Stable Diffusion 2.1-base: v2-1_512-ema-pruned.ckpt (or .safetensors), or a diffusers folder.")
+@click.option("-o", "--output", required=True, type=click.Path(file_okay=False), help="Model directory to write.")
+@click.option("-l", "--lambda", "lam", type=float, default=None,
+              help="The lambda the model was trained for (default: from the name rdeic_<lambda>_step<k>.ckpt).")
+@click.option("--context", "context_path", type=click.Path(exists=True, dir_okay=False), default=None,
+              help="A safetensors file with the precomputed empty-prompt text embedding (1x77x1024).")
+@click.option("--profile", type=click.Choice(["paper", "tiny"]), default="paper", hidden=True)
+@quiet_option
+@force_option
+def convert(rdeic_path, sd_path, output, lam, context_path, profile, quiet, force):
+    """Convert the RDEIC authors' checkpoints into an rdeic model directory (see docs/paper-profile.md)."""
+    from .convert import convert as run_convert
+
+    t0 = time.perf_counter()
+    result = run_convert(rdeic_path, output, sd_path=sd_path, lam=lam, context_path=context_path,
+                         profile=profile, force=force)
+    _stats(quiet, f"{output}: model {result.model_id}, lambda {result.lam:g}, {result.tensors} tensors, "
+                  f"{len(result.ignored)} keys ignored (recomputable or unused), {time.perf_counter() - t0:.1f} s")
 
 
 @main.command(cls=_Command)
