@@ -170,5 +170,9 @@ def decode(model, data: bytes, steps: int = 5, detail: float = 1.0, max_pixels: 
 
         generator = torch.Generator().manual_seed(seed)
         latent = relay_sample(model.config["diffusion"], z_c, eps_fn, steps, generator, progress)
+    if model.config.get("profile") == "paper":
+        # SD's VAE decoder at full resolution needs far more memory than the rest; diffusers then decodes
+        # latents larger than its 64×64 tile (images over 512 px) in overlapping, blended tiles.
+        model.vae.enable_tiling()
     out = decode_latent(model.vae, latent)
     return _to_uint8(out[:, :, : header.height, : header.width])

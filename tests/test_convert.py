@@ -868,3 +868,21 @@ def test_paper_size_key_set_maps_completely():
     n_ctrl = sum(math.prod(s) for s in shapes["control"].values())
     assert 50e6 < n_comp < 54e6 and 23e6 < n_ctrl < 27e6
 
+
+def test_paper_profile_decodes_large_images_in_vae_tiles(checkpoints):
+    """codec.decode turns on diffusers' VAE tiling for the paper profile; it only acts on latents larger
+    than one tile (the tiny VAE's tile is 8×8 latents, SD's 64×64), so small images decode as before."""
+    from rdeic_codec import codec
+
+    model = load_model(checkpoints["dir"])
+    rng = np.random.default_rng(7)
+    small = codec.encode(model, (rng.random((64, 64, 3)) * 255).astype(np.uint8), 2.0).data
+    large = codec.encode(model, (rng.random((128, 96, 3)) * 255).astype(np.uint8), 2.0).data
+    plain_small, plain_large = codec.decode(model, small, steps=2), codec.decode(model, large, steps=2)
+    assert not model.vae.use_tiling
+    model.config["profile"] = "paper"
+    tiled_small, tiled_large = codec.decode(model, small, steps=2), codec.decode(model, large, steps=2)
+    assert model.vae.use_tiling
+    assert np.array_equal(tiled_small, plain_small)
+    assert tiled_large.shape == plain_large.shape == (128, 96, 3)
+    assert not np.array_equal(tiled_large, plain_large)  # decoded tile by tile
