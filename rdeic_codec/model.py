@@ -95,13 +95,13 @@ def compute_model_id(folder: str, config: dict) -> str:
 HALF_MIN_ELEMENTS = 1024
 
 
-def _storage(t: torch.Tensor) -> torch.Tensor:
+def _storage(t: torch.Tensor, key: str = "") -> torch.Tensor:
     """Weight tensors are stored in float16 (half the download); small tensors (biases, gains, λ
     anchors, the index prior) stay float32 where precision matters and size does not. Loading casts
     everything back to float32, and the decoder's float64 entropy path starts from these stored values,
     so encoder and decoder still see identical numbers."""
     t = t.detach().contiguous().cpu()
-    if t.is_floating_point() and t.numel() >= HALF_MIN_ELEMENTS:
+    if t.is_floating_point() and t.numel() >= HALF_MIN_ELEMENTS and not key.endswith("embed_prob"):
         return t.half()
     return t
 
@@ -116,7 +116,7 @@ def save_model(model: RDEICModel, folder: str, name: str | None = None, extra: d
     os.makedirs(folder, exist_ok=True)
     model._entropy_path = None
     for comp in COMPONENTS:
-        state = {k: _storage(v) for k, v in model.component(comp).state_dict().items()}
+        state = {k: _storage(v, k) for k, v in model.component(comp).state_dict().items()}
         save_file(state, os.path.join(folder, f"{comp}.safetensors"))
     config = {k: v for k, v in model.config.items() if k != "model_id"}
     if name:
@@ -130,9 +130,9 @@ def save_model(model: RDEICModel, folder: str, name: str | None = None, extra: d
     model.config = config
     with torch.no_grad():
         for comp in COMPONENTS:
-            for v in model.component(comp).state_dict().values():
+            for k, v in model.component(comp).state_dict().items():
                 if v.is_floating_point():
-                    v.copy_(_storage(v).to(v.dtype))
+                    v.copy_(_storage(v, k).to(v.dtype))
     return config["model_id"]
 
 
