@@ -83,9 +83,22 @@ def run(train_dir: str, valid_dir: str, work: str, output: str | None, profile: 
     if output:
         model.eval()
         estimate_index_prior(model, train_cache)
+        done = [s for s in STAGES if _done(work, s)]
         model_id = save_model(model, output, name=os.path.basename(os.path.normpath(output)),
-                              extra={"training": {"stages": list(stages), "steps": steps, "seed": seed}})
+                              extra={"training": {"stages": done, "steps": {s: _steps_run(work, s) for s in done},
+                                                  "seed": seed}})
         log(f"wrote {output} (model id {model_id})")
+
+
+def _steps_run(work: str, stage: str) -> int | None:
+    """Iterations a finished stage actually ran (from its checkpoint), for the model's config."""
+    import json
+
+    path = os.path.join(work, stage, "state.json")
+    if not os.path.exists(path):
+        return None
+    with open(path) as f:
+        return json.load(f)["step"]
 
 
 def _load_denoiser(model: RDEICModel, folder: str) -> None:
