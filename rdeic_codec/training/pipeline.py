@@ -48,7 +48,7 @@ def run(train_dir: str, valid_dir: str, work: str, output: str | None, profile: 
         train_autoencoder(config, train_dir, valid_dir, os.path.join(work, "autoencoder"), steps["autoencoder"],
                           seed=seed)
         _mark_done(work, "autoencoder")
-    vae = AutoencoderKL.from_pretrained(os.path.join(work, "autoencoder", "vae")).eval()
+    vae = AutoencoderKL.from_pretrained(os.path.join(work, "autoencoder", "vae"), low_cpu_mem_usage=False).eval()
     config["vae"]["scaling_factor"] = float(vae.config.scaling_factor)
     train_cache, valid_cache = os.path.join(work, "cache-train.safetensors"), os.path.join(work, "cache-valid.safetensors")
     build_cache(vae, train_dir, train_cache, log=log)
