@@ -49,7 +49,7 @@ def pad_image(image: np.ndarray, multiple: int = PAD) -> np.ndarray:
 
 
 def _to_tensor(image: np.ndarray, device) -> torch.Tensor:
-    x = torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1)[None].float()
+    x = torch.from_numpy(np.array(image, copy=True)).permute(2, 0, 1)[None].float()  # PIL arrays are read-only
     return (x / 127.5 - 1.0).to(device)
 
 

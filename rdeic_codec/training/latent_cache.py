@@ -34,7 +34,7 @@ def build_cache(vae, folder: str, path: str, max_side: int = 512, log=print) -> 
         im = _center_crop(load_rgb(p), 64, max_side)
         if min(im.shape[:2]) < 64:
             continue
-        x = torch.from_numpy(np.ascontiguousarray(im)).permute(2, 0, 1)[None].float() / 127.5 - 1
+        x = torch.from_numpy(np.array(im, copy=True)).permute(2, 0, 1)[None].float() / 127.5 - 1
         feat = encoder_feature(vae, x)
         tensors[f"{i:05d}.feature"] = feat[0].half().contiguous()
         tensors[f"{i:05d}.latent"] = latent_from_feature(vae, feat)[0].contiguous()
