@@ -139,7 +139,8 @@ def encode(input_path, output, lam, model_dir, device, threads, quiet, force):
 @click.option("-d", "--detail", type=float, default=1.0, show_default=True,
               help="Detail guidance: 0 smooth, 1 as trained, above 1 sharper (two UNet passes per step unless 1).")
 @click.option("--max-pixels", type=click.IntRange(1), default=None,
-              help="Refuse files that declare more pixels than this (default 16777216).")
+              help="Refuse files that declare more pixels than this, counted at the size the decoder works at "
+                   "(sides rounded up to multiples of 64) (default 16777216).")
 @model_option
 @device_option
 @threads_option

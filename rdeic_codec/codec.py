@@ -115,6 +115,12 @@ def read_header(model, data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS) -> tup
                          f"({model.model_id.hex()}); pass --model with the model it was made with")
     if header.width * header.height > max_pixels:
         raise CodecError(f"declared size {header.width}×{header.height} exceeds --max-pixels {max_pixels}")
+    # The decoder works at the padded size, up to 64× the declared area for a thin image (1×N): the
+    # guard bounds what is allocated, not only what is declared.
+    pw, ph = -(-header.width // PAD) * PAD, -(-header.height // PAD) * PAD
+    if pw * ph > max_pixels:
+        raise CodecError(f"declared size {header.width}×{header.height} is decoded at {pw}×{ph}, which exceeds "
+                         f"--max-pixels {max_pixels}")
     return header, payload
 
 
