@@ -3,7 +3,8 @@
 Input policy (what a user of an image codec expects, stated rather than silent):
 * any format Pillow reads (PNG, JPEG, WebP, TIFF, BMP, ...), 8- or 16-bit, grayscale, palette, CMYK;
 * EXIF orientation is applied, so the image is coded as it is displayed;
-* alpha is not coded: transparent pixels are composited over white, and a warning says so;
+* alpha (an alpha channel, or a PNG/GIF transparent colour) is not coded: transparent pixels are
+  composited over white, and a warning says so;
 * grayscale images are coded as RGB and decode to RGB.
 """
 
@@ -35,7 +36,9 @@ def _to_rgb8(im) -> tuple[np.ndarray, bool]:
     from PIL import Image
 
     mode = im.mode
-    had_alpha = mode in ("RGBA", "LA", "PA", "RGBa", "La") or (mode == "P" and "transparency" in im.info)
+    # "transparency" in L/RGB/P images: a tRNS colour key or palette alpha, which convert("RGBA") applies.
+    had_alpha = mode in ("RGBA", "LA", "PA", "RGBa", "La") or \
+        (mode in ("P", "L", "RGB") and "transparency" in im.info)
     if mode in ("I;16", "I;16B", "I;16L", "I;16N", "I", "F"):
         arr = np.asarray(im, dtype=np.float64)
         # 16-bit data spans 0..65535; 32-bit integer and float data are taken as 0..65535 too.
@@ -132,12 +135,25 @@ def write_output(output: str, data: bytes) -> None:
         sys.stdout.buffer.flush()
         return
     parent = os.path.dirname(os.path.abspath(output))
-    fd, tmp = tempfile.mkstemp(prefix=".rdeic-", suffix=".tmp", dir=parent)
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=".rdeic-", suffix=".tmp", dir=parent)
+    except OSError as e:
+        raise ImageError(f"cannot write {output}: {e.strerror}") from None
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(data)
+        # mkstemp creates the file 0600; give the output the mode a plain open() would.
+        os.chmod(tmp, 0o666 & ~_umask())
         os.replace(tmp, output)
-    except BaseException:
+    except BaseException as e:
         if os.path.exists(tmp):
             os.unlink(tmp)
+        if isinstance(e, OSError):
+            raise ImageError(f"cannot write {output}: {e.strerror or e}") from None
         raise
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
