@@ -145,8 +145,10 @@ def read_config(folder: str) -> dict:
     try:
         with open(path) as f:
             config = json.load(f)
-    except (OSError, json.JSONDecodeError) as e:
+    except (OSError, ValueError) as e:  # ValueError: bad JSON, or bytes that are not UTF-8
         raise ModelError(f"cannot read {path}: {e}") from None
+    if not isinstance(config, dict):
+        raise ModelError(f"{path} is not a JSON object")
     missing = [k for k in REQUIRED_SECTIONS + ("model_id",) if k not in config]
     if missing:
         raise ModelError(f"{path} lacks the field(s) {', '.join(missing)}")
@@ -175,15 +177,44 @@ def load_model(folder: str | None = None, device: str | torch.device = "cpu", ve
     try:
         with torch.device("meta"):
             model = RDEICModel(config)
-    except (KeyError, TypeError, ValueError) as e:
-        raise ModelError(f"{folder}/config.json is not a valid rdeic config: {e}") from None
+        _check_coding_config(config)
+    except Exception as e:  # noqa: BLE001 - anything a malformed config makes the constructors raise
+        reason = f"field {e.args[0]!r} is missing" if isinstance(e, KeyError) else f"{type(e).__name__}: {e}"
+        raise ModelError(f"{folder}/config.json is not a valid rdeic config: {reason}") from None
     for comp in COMPONENTS:
         try:
             state = load_file(os.path.join(folder, f"{comp}.safetensors"))
         except (SafetensorError, OSError) as e:
             raise ModelError(f"cannot read {comp}.safetensors: {e}") from None
+        module = model.component(comp)
+        expected = module.state_dict()
+        # Floating tensors of any precision are cast to float32 below; anything else must match exactly.
+        wrong = [k for k, v in state.items() if k in expected and v.dtype != expected[k].dtype
+                 and not (v.is_floating_point() and expected[k].is_floating_point())]
+        if wrong:
+            raise ModelError(f"{comp}.safetensors does not fit the config: {wrong[0]} is {state[wrong[0]].dtype}, "
+                             f"not {expected[wrong[0]].dtype}")
         try:
-            model.component(comp).load_state_dict(state, strict=True, assign=True)
+            module.load_state_dict(state, strict=True, assign=True)
         except RuntimeError as e:
-            raise ModelError(f"{comp}.safetensors does not fit the config: {str(e).splitlines()[0]}") from None
+            raise ModelError(f"{comp}.safetensors does not fit the config: {_first_reason(e)}") from None
     return model.float().to(device).eval()
+
+
+def _check_coding_config(config: dict) -> None:
+    """Build what the codec derives from the entropy and diffusion sections, so a bad value fails at load."""
+    from .entropy.tables import ScaleTable
+    from .sampler import MAX_STEPS, step_coefficients
+
+    table = ScaleTable(config["entropy"])
+    if not (table.num >= 2 and 0 < table.smin < table.smax and int(table.max_symbol) == table.max_symbol >= 1):
+        raise ValueError("entropy section is out of range")
+    table.snap_mean(torch.zeros(1, dtype=torch.float64))
+    step_coefficients(config["diffusion"], MAX_STEPS)
+
+
+def _first_reason(error: RuntimeError) -> str:
+    """One line from load_state_dict's message ("Error(s) in loading state_dict for X:" then the reasons)."""
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    reason = lines[1] if len(lines) > 1 else lines[0] if lines else "unknown error"
+    return reason if len(reason) <= 200 else reason[:197] + "..."
