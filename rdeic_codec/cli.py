@@ -72,6 +72,12 @@ def _load(model_dir: str | None, device_name: str, threads: int | None):
     return load_model(model_dir, device)
 
 
+def _check_size(width: int, height: int, max_pixels: int | None, what: str) -> None:
+    from . import codec  # imports torch: only once the input is known to be an image
+
+    codec.check_size(width, height, max_pixels or codec.DEFAULT_MAX_PIXELS, what)
+
+
 def _stats(quiet: bool, message: str) -> None:
     if not quiet:
         click.echo(message, err=True)
@@ -109,7 +115,9 @@ def main():
 @threads_option
 @quiet_option
 @force_option
-def encode(input_path, output, lam, model_dir, device, threads, quiet, force):
+@click.option("--max-pixels", type=click.IntRange(1), default=None,
+              help="Refuse images with more pixels than this, counted as for decode (default 16777216).")
+def encode(input_path, output, lam, model_dir, device, threads, quiet, force, max_pixels):
     """Compress an image (PNG, JPEG, WebP, TIFF, BMP; '-' for stdin) to an .rdc file ('-' for stdout).
 
     Alpha is not coded: transparent pixels are composited over white.
@@ -117,7 +125,7 @@ def encode(input_path, output, lam, model_dir, device, threads, quiet, force):
     from .imageio import check_output, load_image, read_input, write_output
 
     check_output(output, input_path, force)
-    image = load_image(read_input(input_path))
+    image = load_image(read_input(input_path), check_size=lambda w, h: _check_size(w, h, max_pixels, "input image"))
     if image.had_alpha:
         _stats(quiet, "rdeic: warning: the alpha channel is not coded; composited over white")
     model = _load(model_dir, device, threads)

@@ -113,15 +113,21 @@ def read_header(model, data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS) -> tup
     if header.model_id != model.model_id:
         raise CodecError(f"file was made with model {header.model_id_hex}, not with this model "
                          f"({model.model_id.hex()}); pass --model with the model it was made with")
-    if header.width * header.height > max_pixels:
-        raise CodecError(f"declared size {header.width}×{header.height} exceeds --max-pixels {max_pixels}")
-    # The decoder works at the padded size, up to 64× the declared area for a thin image (1×N): the
-    # guard bounds what is allocated, not only what is declared.
-    pw, ph = -(-header.width // PAD) * PAD, -(-header.height // PAD) * PAD
-    if pw * ph > max_pixels:
-        raise CodecError(f"declared size {header.width}×{header.height} is decoded at {pw}×{ph}, which exceeds "
-                         f"--max-pixels {max_pixels}")
+    check_size(header.width, header.height, max_pixels, "declared size")
     return header, payload
+
+
+def check_size(width: int, height: int, max_pixels: int = DEFAULT_MAX_PIXELS, what: str = "size") -> None:
+    """Refuse a size whose pixels, counted as the codec pads them, exceed ``max_pixels``.
+
+    The codec works at the size rounded up to multiples of 64, up to 64× the area of a thin image
+    (1×N): the guard bounds what is allocated, not only what is declared.
+    """
+    if width * height > max_pixels:
+        raise CodecError(f"{what} {width}×{height} exceeds --max-pixels {max_pixels}")
+    pw, ph = -(-width // PAD) * PAD, -(-height // PAD) * PAD
+    if pw * ph > max_pixels:
+        raise CodecError(f"{what} {width}×{height} is coded at {pw}×{ph}, which exceeds --max-pixels {max_pixels}")
 
 
 @torch.no_grad()

@@ -14,6 +14,7 @@ import io
 import os
 import sys
 import tempfile
+import warnings
 from dataclasses import dataclass
 
 import numpy as np
@@ -53,26 +54,47 @@ def _to_rgb8(im) -> tuple[np.ndarray, bool]:
     return np.asarray(im.convert("RGB")), False
 
 
-def load_image(source: str | bytes) -> LoadedImage:
-    """Read an image file (path) or image bytes into 8-bit RGB, EXIF orientation applied."""
-    from PIL import Image, ImageOps, UnidentifiedImageError
+def load_image(source: str | bytes, check_size=None) -> LoadedImage:
+    """Read an image file (path) or image bytes into 8-bit RGB, EXIF orientation applied.
 
+    Args:
+        source: a path, or the file's bytes.
+        check_size: optional ``check_size(width, height)`` that raises to refuse the image; it runs
+            once the header is read, before the pixels are decoded and memory is allocated for them.
+    """
+    from PIL import Image, ImageOps
+
+    errors = (OSError, SyntaxError, ValueError, Image.DecompressionBombError)
     try:
-        im = Image.open(io.BytesIO(source) if isinstance(source, (bytes, bytearray)) else source)
-        with im:
+        with warnings.catch_warnings():
+            if check_size is not None:  # the caller's guard is far below Pillow's bomb warning
+                warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            im = Image.open(io.BytesIO(source) if isinstance(source, (bytes, bytearray)) else source)
+    except errors as e:
+        raise _image_error(e) from None
+    with im:
+        if check_size is not None:
+            check_size(*im.size)  # the caller's error goes out as it is
+        try:
             im.load()
             mode = im.mode
             im = ImageOps.exif_transpose(im)
             pixels, had_alpha = _to_rgb8(im)
-    except UnidentifiedImageError:
-        raise ImageError("input is not an image Pillow can read") from None
-    except Image.DecompressionBombError as e:
-        raise ImageError(f"input image is too large ({e})") from None
-    except (OSError, SyntaxError, ValueError) as e:
-        raise ImageError(f"cannot read input image: {e}") from None
+        except errors as e:
+            raise _image_error(e) from None
     if pixels.ndim != 3 or pixels.shape[0] == 0 or pixels.shape[1] == 0:
         raise ImageError("input image is empty")
     return LoadedImage(np.ascontiguousarray(pixels), had_alpha, mode)
+
+
+def _image_error(e: Exception) -> ImageError:
+    from PIL import Image, UnidentifiedImageError
+
+    if isinstance(e, UnidentifiedImageError):
+        return ImageError("input is not an image Pillow can read")
+    if isinstance(e, Image.DecompressionBombError):
+        return ImageError(f"input image is too large ({e})")
+    return ImageError(f"cannot read input image: {e}")
 
 
 def encode_image(pixels: np.ndarray, fmt: str) -> bytes:
