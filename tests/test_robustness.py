@@ -732,8 +732,10 @@ MODEL_DAMAGE = {
                        "vae.safetensors does not fit the config: Missing key"),
     "tensor extra": (_edit_weights("control", lambda s: s.update(extra=torch.zeros(2))),
                      "control.safetensors does not fit the config: Unexpected key"),
-    "float16 weights": (_edit_weights("vae", lambda s: s.update({k: v.half() for k, v in s.items()})),
-                        "vae.safetensors does not fit the config"),
+    "integer weights": (_edit_weights("vae", lambda s: s.update({k: v.to(torch.int32) for k, v in s.items()})),
+                        "vae.safetensors does not fit the config: "),
+    "integer buffer": (_edit_weights("unet", lambda s: s.update(context=s["context"].to(torch.int32))),
+                       "unet.safetensors does not fit the config: context is torch.int32, not torch.float32"),
     "pickle as weights": (_plant_pickle, "cannot read unet.safetensors"),
     "weight file missing": (lambda d: os.remove(os.path.join(d, "unet.safetensors")), "lacks unet.safetensors"),
     "config not json": (lambda d: open(os.path.join(d, "config.json"), "w").write("{nope"), "cannot read"),
@@ -753,6 +755,15 @@ def test_damaged_model_is_refused(tmp_path, tiny_model_dir, src_png, name):
     assert_one_line_error(result, message)
     assert not (tmp_path / "x.rdc").exists()
     assert not (folder / "PWNED").exists()
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.float64])
+def test_weights_of_another_float_precision_load_as_float32(tmp_path, tiny_model_dir, dtype):
+    folder = tmp_path / "model"
+    shutil.copytree(tiny_model_dir, folder)
+    _edit_weights("control", lambda s: s.update({k: v.to(dtype) for k, v in s.items()}))(str(folder))
+    model = load_model(str(folder))
+    assert all(p.dtype == torch.float32 for p in model.control.parameters())
 
 
 def test_missing_model_directory(tmp_path, src_png):

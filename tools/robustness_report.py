@@ -299,8 +299,8 @@ def _plant_pickle(folder):
     _rehash(folder)
 
 
-def _half(state):
-    state.update({k: v.half() for k, v in state.items()})
+def _integer(state):
+    state.update({k: v.to(__import__("torch").int32) for k, v in state.items()})
 
 
 MODEL_DAMAGE = [
@@ -315,7 +315,8 @@ MODEL_DAMAGE = [
     _config(lambda c: c["compression"].update(codebook_size=64)),
     _weights("vae", lambda s: s.pop(sorted(s)[0])),
     _weights("control", lambda s: s.update(extra=__import__("torch").zeros(2))),
-    _weights("vae", _half),
+    _weights("vae", _integer),
+    _weights("unet", lambda s: s.update(context=s["context"].to(__import__("torch").int32))),
     _plant_pickle,
     lambda d: os.remove(os.path.join(d, "unet.safetensors")),
     _write("config.json", b"{nope"),
