@@ -34,8 +34,8 @@ from rdeic_codec import codec, container, imageio
 from rdeic_codec.cli import main
 from rdeic_codec.codec import CodecError
 from rdeic_codec.container import MAGIC, MAX_SIDE, FormatError, Header, pack, unpack
-from rdeic_codec.imageio import ImageError, load_image
-from rdeic_codec.model import ModelError, compute_model_id, load_model
+from rdeic_codec.imageio import load_image
+from rdeic_codec.model import compute_model_id, load_model
 
 from conftest import ROOT, smooth_image
 
@@ -140,7 +140,8 @@ def test_non_rdc_bytes_are_named(data, message):
 
 def test_version_magic_and_trailing_bytes(rdc_sample):
     mid = rdc_sample[4:8]
-    for version, message in [(2, "newer rdeic is needed"), (255, "newer rdeic is needed"), (0, "unknown format version")]:
+    versions = [(2, "newer rdeic is needed"), (255, "newer rdeic is needed"), (0, "unknown format version")]
+    for version, message in versions:
         with pytest.raises(FormatError, match=message):
             unpack(craft(mid, 0.5, 8, 8, b"\x00" * 8, version=version))
     with pytest.raises(FormatError, match="2 unexpected bytes after the end"):
@@ -322,7 +323,7 @@ def test_decode_of_a_mutated_real_file(tiny_model, rdc_sample, data):
         codec.decode(tiny_model, mutated, steps=0, max_pixels=SMALL_LIMIT)
 
 
-@settings(max_examples=25, **FUZZ)
+@settings(max_examples=15, **FUZZ)
 @given(st.data(), st.integers(1, 96), st.integers(1, 96), st.sampled_from([0, 1]))
 def test_decode_of_a_crafted_payload_with_a_valid_crc(tiny_model, rdc_sample, data, width, height, steps):
     """A hostile encoder's file passes the CRC: it must fail cleanly or decode to an image of its size."""
@@ -718,7 +719,8 @@ def _first_key(state):
 
 MODEL_DAMAGE = {
     "weights changed": (_flip_weight_byte, "do not match its model id"),
-    "model id changed": (_edit_config(lambda c: c.update(model_id="00000000"), rehash=False), "do not match its model id"),
+    "model id changed": (_edit_config(lambda c: c.update(model_id="00000000"), rehash=False),
+                         "do not match its model id"),
     "section missing": (_edit_config(lambda c: c.pop("entropy"), rehash=False), "lacks the field(s) entropy"),
     "nested field missing": (_edit_config(lambda c: c["compression"].pop("N")), "field 'N' is missing"),
     "entropy field missing": (_edit_config(lambda c: c["entropy"].pop("max_symbol")), "field 'max_symbol' is missing"),
