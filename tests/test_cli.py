@@ -72,7 +72,9 @@ def test_shipped_model_reconstructs_a_photo(tmp_path):
     assert run("decode", tmp_path / "p.rdc", tmp_path / "p.png", "--steps", "2").returncode == 0
     a = np.asarray(Image.open(tmp_path / "p.png")).astype(float)
     psnr = 10 * np.log10(255**2 / np.mean((a - img) ** 2))
-    assert psnr > 15, psnr  # recognisable, far above a flat grey image's PSNR
+    flat = np.broadcast_to(img.reshape(-1, 3).mean(0), img.shape)  # the image's mean colour everywhere
+    flat_psnr = 10 * np.log10(255**2 / np.mean((flat - img) ** 2))
+    assert psnr > flat_psnr + 2, (psnr, flat_psnr)  # recognisable: it carries the image's structure
     again = tmp_path / "q.png"
     assert run("decode", tmp_path / "p.rdc", again, "--steps", "2").returncode == 0
     assert again.read_bytes() == (tmp_path / "p.png").read_bytes()
