@@ -119,15 +119,7 @@ class ControlModule(nn.Module):
         temb = self.time_embedding(self.time_proj(t).to(x_t.dtype))
         h = self.conv_in(torch.cat([x_t, guide], dim=1))
         feats = [h]
-        for block in self.down_blocks:
-            for r, resnet in enumerate(block.resnets):
-                h = resnet(h, temb)
-                if getattr(block, "has_cross_attention", False):
-                    h = block.attentions[r](h, encoder_hidden_states=context, return_dict=False)[0]
-                feats.append(h)
-            if block.downsamplers is not None:
-                h = block.downsamplers[0](h)
-                feats.append(h)
+        h = _walk_down(self.down_blocks, h, temb, context, lambda u: feats.append(u) or u)
         h = _mid(self.mid_block, h, temb, context)
         n, s = len(feats), self.scales
         return ControlResiduals(
@@ -135,6 +127,20 @@ class ControlModule(nn.Module):
             middle=self.middle_zero_conv(h) * s[n],
             decoder=[zc(feats[n - 1 - j]) * s[n + 1 + j] for j, zc in enumerate(self.dec_zero_convs)],
         )
+
+
+def _walk_down(blocks, h, temb, context, after_unit):
+    """Run a UNet encoder unit by unit (each resnet/attention pair, each downsampler), passing every
+    unit's output through ``after_unit``, which may record or modify it."""
+    for block in blocks:
+        for r, resnet in enumerate(block.resnets):
+            h = resnet(h, temb)
+            if getattr(block, "has_cross_attention", False):
+                h = block.attentions[r](h, encoder_hidden_states=context, return_dict=False)[0]
+            h = after_unit(h)
+        if block.downsamplers is not None:
+            h = after_unit(block.downsamplers[0](h))
+    return h
 
 
 def _mid(block, h, temb, context):
@@ -166,16 +172,13 @@ def unet_forward(unet, x: torch.Tensor, t: torch.Tensor, context: torch.Tensor,
 
     h = inject(unet.conv_in(x), enc)
     skips = [h]
-    for block in unet.down_blocks:
-        for r, resnet in enumerate(block.resnets):
-            h = resnet(h, temb)
-            if getattr(block, "has_cross_attention", False):
-                h = block.attentions[r](h, encoder_hidden_states=context, return_dict=False)[0]
-            h = inject(h, enc)
-            skips.append(h)
-        if block.downsamplers is not None:
-            h = inject(block.downsamplers[0](h), enc)
-            skips.append(h)
+
+    def after_unit(u):
+        u = inject(u, enc)  # the modified state is what the skip stores and the next unit reads
+        skips.append(u)
+        return u
+
+    h = _walk_down(unet.down_blocks, h, temb, context, after_unit)
     h = _mid(unet.mid_block, h, temb, context)
     if control is not None:
         h = h + control.middle
