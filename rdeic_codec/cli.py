@@ -34,6 +34,8 @@ def _user_errors():
         errors.append(sys.modules["rdeic_codec.codec"].CodecError)
     if "rdeic_codec.model" in sys.modules:
         errors.append(sys.modules["rdeic_codec.model"].ModelError)
+    if "rdeic_codec.training.data" in sys.modules:
+        errors.append(sys.modules["rdeic_codec.training.data"].DataError)
     return tuple(errors)
 
 
@@ -237,14 +239,18 @@ def info(input_path):
               help="Folder for checkpoints and caches; running again resumes from it.")
 @click.option("-o", "--output", type=click.Path(file_okay=False), default=None,
               help="Write the finished model directory here.")
-@click.option("--stages", default="autoencoder,denoiser,compression,stage1,finetune", show_default=True,
+@click.option("--stages", default="autoencoder,decoder,denoiser,compression,stage1,finetune", show_default=True,
               help="Comma-separated stages to run, in order.")
 @click.option("--steps", "step_overrides", multiple=True, metavar="STAGE=N",
               help="Iterations of a stage, e.g. --steps stage1=5000 (repeatable).")
 @click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--profile", type=click.Choice(["small", "tiny"]), default="small", show_default=True,
+              help="Network sizes (tiny: a few thousand parameters, for trying the pipeline in seconds).")
+@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True,
+              help="Where to train (under torchrun, each process takes the GPU of its LOCAL_RANK).")
 @threads_option
-def train(train_dir, valid_dir, work, output, stages, step_overrides, seed, threads):
-    """Train the small profile from folders of images (resumable; see docs/training.md)."""
+def train(train_dir, valid_dir, work, output, stages, step_overrides, seed, profile, device, threads):
+    """Train a model from folders of images (resumable; runs unchanged under torchrun; see docs/training.md)."""
     import torch
 
     if threads:
@@ -261,8 +267,8 @@ def train(train_dir, valid_dir, work, output, stages, step_overrides, seed, thre
         if name not in STAGES or not value.isdigit():
             fail(f"--steps takes STAGE=N with STAGE one of {', '.join(STAGES)}, got {item!r}", EXIT_USAGE)
         steps[name] = int(value)
-    run(train_dir, valid_dir, work, output, stages=chosen, steps=steps, seed=seed,
-        log=lambda m: click.echo(m, err=True))
+    run(train_dir, valid_dir, work, output, profile=profile, stages=chosen, steps=steps, seed=seed,
+        device=str(resolve_device(device)), log=lambda m: click.echo(m, err=True))
 
 
 # -- eval ------------------------------------------------------------------------------------------

@@ -54,3 +54,29 @@ def test_ms_ssim_loss_orders_distortions():
     small = ms_ssim_loss(x, x + 0.02 * torch.randn_like(x)).item()
     large = ms_ssim_loss(x, x + 0.2 * torch.randn_like(x)).item()
     assert 0 < small < large
+
+
+def test_decoder_stage_keeps_the_latents(folders, tmp_path):
+    from diffusers import AutoencoderKL
+
+    work, out = tmp_path / "work", tmp_path / "model"
+    run = dict(profile="tiny", log=lambda m: None)
+    pipeline.run(str(folders / "train"), str(folders / "valid"), str(work), None, stages=("autoencoder",),
+                 steps={"autoencoder": 1}, **run)
+    pipeline.run(str(folders / "train"), str(folders / "valid"), str(work), None, stages=("decoder",),
+                 steps={"decoder": 3}, **run)
+    before = AutoencoderKL.from_pretrained(str(work / "autoencoder" / "vae")).state_dict()
+    refined = AutoencoderKL.from_pretrained(str(work / "decoder" / "vae"))
+    after = refined.state_dict()
+    assert before.keys() == after.keys()
+    encoder = [k for k in before if k.startswith(("encoder.", "quant_conv."))]
+    assert encoder and all(torch.equal(before[k], after[k]) for k in encoder)
+    assert any(not torch.equal(before[k], after[k]) for k in before if k.startswith("decoder."))
+    # The model written afterwards decodes with the refined decoder (marked here so that it is unmistakable).
+    with torch.no_grad():
+        refined.decoder.conv_out.bias.fill_(0.5)
+    refined.save_pretrained(str(work / "decoder" / "vae"))
+    pipeline.run(str(folders / "train"), str(folders / "valid"), str(work), str(out),
+                 stages=("denoiser", "compression", "stage1"), steps={"denoiser": 1, "compression": 1, "stage1": 1},
+                 **run)
+    assert torch.all(load_model(str(out)).vae.decoder.conv_out.bias == 0.5)

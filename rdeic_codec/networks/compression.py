@@ -172,6 +172,9 @@ class VectorQuantizer(nn.Module):
     @torch.no_grad()
     def _update_usage(self, idx: torch.Tensor, z: torch.Tensor) -> None:
         counts = torch.bincount(idx.flatten(), minlength=self.embed_prob.numel()).to(self.embed_prob)
+        distributed = torch.distributed.is_available() and torch.distributed.is_initialized()
+        if distributed:  # data-parallel training: the usage of the whole batch, the same on every process
+            torch.distributed.all_reduce(counts)
         self.embed_prob.mul_(self.decay).add_(counts / counts.sum(), alpha=1 - self.decay)
         # Re-seed codes that are (almost) never used with random batch features.
         dead = self.embed_prob < 0.03 / self.embed_prob.numel()
@@ -181,6 +184,8 @@ class VectorQuantizer(nn.Module):
             pick = flat[torch.randint(0, flat.shape[0], (n_dead,), device=flat.device)]
             self.embedding.weight.data[dead] = pick + 1e-3 * torch.randn_like(pick)
             self.embed_prob[dead] = 1.0 / self.embed_prob.numel()
+            if distributed:  # each process drew its own features; keep rank 0's so the codebooks agree
+                torch.distributed.broadcast(self.embedding.weight.data, 0)
 
 
 class CompressionModule(nn.Module):

@@ -10,10 +10,14 @@ import torch
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff")
 
 
+class DataError(ValueError):
+    """A training folder that cannot be used (no images, or none large enough)."""
+
+
 def list_images(folder: str) -> list[str]:
     names = sorted(n for n in os.listdir(folder) if n.lower().endswith(IMAGE_SUFFIXES))
     if not names:
-        raise ValueError(f"no images in {folder}")
+        raise DataError(f"no images in {folder}")
     return [os.path.join(folder, n) for n in names]
 
 
@@ -38,7 +42,7 @@ class ImageFolderCrops:
         paths = list_images(folder)[:limit]
         self.images = [im for im in (load_rgb(p) for p in paths) if min(im.shape[:2]) >= crop]
         if not self.images:
-            raise ValueError(f"no image in {folder} has a side of at least {crop} px")
+            raise DataError(f"no image in {folder} has a side of at least {crop} px")
         self.crop = crop
         self.rng = np.random.default_rng(seed)
 

@@ -1,12 +1,13 @@
 """``rdeic train``: the small profile's stages in order, each resumable, assembled into a model directory.
 
-    autoencoder → cache → denoiser, compression → stage1 → finetune (stage 2) → (index prior) → model dir
+    autoencoder → (decoder) → cache → denoiser, compression → stage1 → finetune (stage 2) → (index prior) → model dir
 
 "denoiser" and "compression" are independent of each other: on a machine with spare cores they can
 run at the same time, as two ``rdeic train --stages ...`` processes with the same ``--work``.
 
 Every stage keeps its checkpoint in ``WORK/<stage>``; running the same command again resumes where it
-stopped, and a finished stage is skipped.
+stopped, and a finished stage is skipped. Under ``torchrun`` the same command trains on every process
+(see :mod:`.distributed`); rank 0 alone writes caches, markers and the model.
 """
 
 from __future__ import annotations
@@ -17,8 +18,9 @@ import torch
 
 from ..model import RDEICModel, save_model
 from ..profiles import get_profile
+from .distributed import runtime
 
-STAGES = ("autoencoder", "denoiser", "compression", "stage1", "finetune")
+STAGES = ("autoencoder", "decoder", "denoiser", "compression", "stage1", "finetune")
 
 
 def _done(work: str, stage: str) -> bool:
@@ -26,33 +28,53 @@ def _done(work: str, stage: str) -> bool:
 
 
 def _mark_done(work: str, stage: str) -> None:
-    open(os.path.join(work, stage, "done"), "w").close()
+    rt = runtime()
+    if rt.is_main:
+        open(os.path.join(work, stage, "done"), "w").close()
+    rt.barrier()
 
 
 def run(train_dir: str, valid_dir: str, work: str, output: str | None, profile: str = "small",
-        stages=STAGES, steps: dict | None = None, seed: int = 0, log=print) -> None:
+        stages=STAGES, steps: dict | None = None, seed: int = 0, device: str | None = None, log=print) -> None:
+    """Run ``stages`` in order (skipping finished ones) and write the model to ``output`` if given.
+
+    Args:
+        device: where to train (default: the GPU of this process if there is one, else the CPU).
+    """
     from diffusers import AutoencoderKL
 
     from .checkpoint import load_checkpoint
     from .latent_cache import build_cache
     from .stage_autoencoder import train_autoencoder
+    from .stage_decoder import train_decoder
     from .stage_denoiser import train_denoiser
     from .stage_finetune import train_finetune
     from .stage_rdeic import estimate_index_prior, train_stage1
 
-    steps = {"autoencoder": 2500, "denoiser": 2000, "compression": 2000, "stage1": 1500, "finetune": 1000,
+    steps = {"autoencoder": 2500, "decoder": 2000, "denoiser": 2000, "compression": 2000, "stage1": 1500, "finetune": 1000,
              **(steps or {})}
+    rt = runtime(device)
+    if not rt.is_main:
+        log = _quiet
     config = get_profile(profile)
     os.makedirs(work, exist_ok=True)
     if "autoencoder" in stages and not _done(work, "autoencoder"):
         train_autoencoder(config, train_dir, valid_dir, os.path.join(work, "autoencoder"), steps["autoencoder"],
                           seed=seed)
         _mark_done(work, "autoencoder")
-    vae = AutoencoderKL.from_pretrained(os.path.join(work, "autoencoder", "vae"), low_cpu_mem_usage=False).eval()
+    if "decoder" in stages and not _done(work, "decoder"):
+        train_decoder(os.path.join(work, "autoencoder", "vae"), train_dir, valid_dir, os.path.join(work, "decoder"),
+                      steps["decoder"], seed=seed)
+        _mark_done(work, "decoder")
+    # The decoder stage leaves the encoder as it is, so the cache and later stages do not depend on it.
+    vae_stage = "decoder" if _done(work, "decoder") else "autoencoder"
+    vae = AutoencoderKL.from_pretrained(os.path.join(work, vae_stage, "vae"), low_cpu_mem_usage=False).eval()
     config["vae"]["scaling_factor"] = float(vae.config.scaling_factor)
     train_cache, valid_cache = os.path.join(work, "cache-train.safetensors"), os.path.join(work, "cache-valid.safetensors")
-    build_cache(vae, train_dir, train_cache, log=log)
-    build_cache(vae, valid_dir, valid_cache, log=log)
+    if rt.is_main:
+        build_cache(vae, train_dir, train_cache, log=log)
+        build_cache(vae, valid_dir, valid_cache, log=log)
+    rt.barrier()
 
     model = RDEICModel(config)
     model.vae.load_state_dict(vae.state_dict())
@@ -80,14 +102,20 @@ def run(train_dir: str, valid_dir: str, work: str, output: str | None, profile: 
         else:
             train_finetune(model, train_dir, valid_dir, folder, steps[stage], seed=seed)
         _mark_done(work, stage)
-    if output:
+    if output and rt.is_main:
         model.eval()
         estimate_index_prior(model, train_cache)
+        model.to("cpu")
         done = [s for s in STAGES if _done(work, s)]
         model_id = save_model(model, output, name=os.path.basename(os.path.normpath(output)),
                               extra={"training": {"stages": done, "steps": {s: _steps_run(work, s) for s in done},
                                                   "seed": seed}})
         log(f"wrote {output} (model id {model_id})")
+    rt.barrier()
+
+
+def _quiet(message: str) -> None:
+    pass
 
 
 def _steps_run(work: str, stage: str) -> int | None:

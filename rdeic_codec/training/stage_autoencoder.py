@@ -13,17 +13,14 @@ from __future__ import annotations
 
 import math
 import os
-import time
 
 import torch
 import torch.nn.functional as F
 
 from ..networks.autoencoder import build_vae
-from .checkpoint import load_checkpoint, save_checkpoint
 from .data import ImageFolderCrops
+from .loop import Trainer
 from .losses import gradient_l1, kl_to_standard_normal
-from .progress import Progress
-from .schedule import lr_factor, set_lr
 
 KL_WEIGHT = 1e-6
 GRAD_WEIGHT = 0.5
@@ -31,10 +28,14 @@ GRAD_WEIGHT = 0.5
 
 def autoencoder_loss(vae, x: torch.Tensor):
     posterior = vae.encode(x).latent_dist
-    z = posterior.mean
-    rec = vae.decode(z).sample
+    loss, logs = reconstruction_loss(vae.decode(posterior.mean).sample, x)
+    return loss + KL_WEIGHT * kl_to_standard_normal(posterior.mean, posterior.logvar), logs
+
+
+def reconstruction_loss(rec: torch.Tensor, x: torch.Tensor):
+    """L1 + gradient-L1 between a reconstruction and its target, with the logs the progress bar shows."""
     l1 = F.l1_loss(rec, x)
-    loss = l1 + GRAD_WEIGHT * gradient_l1(rec, x) + KL_WEIGHT * kl_to_standard_normal(posterior.mean, posterior.logvar)
+    loss = l1 + GRAD_WEIGHT * gradient_l1(rec, x)
     return loss, {"l1": l1.item(), "psnr": psnr_from_mse(F.mse_loss(rec.clamp(-1, 1), x).item())}
 
 
@@ -47,7 +48,7 @@ def psnr_from_mse(mse_pm1: float) -> float:
 def latent_scale(vae, data: ImageFolderCrops, n: int = 64) -> float:
     """1 / std of the latents, so that scaled latents have unit variance (what SD's 0.18215 does)."""
     x = data.batch(n, indices=range(min(n, len(data))))
-    z = vae.encode(x).latent_dist.mean
+    z = vae.encode(x.to(vae.device)).latent_dist.mean
     return float(1.0 / z.std())
 
 
@@ -57,28 +58,18 @@ def train_autoencoder(config: dict, train_dir: str, valid_dir: str, work_dir: st
     """Train (or resume) the autoencoder in ``work_dir``; writes ``work_dir/vae`` when done."""
     torch.manual_seed(seed)
     vae = build_vae(config["vae"])
-    opt = torch.optim.AdamW(vae.parameters(), lr=lr, weight_decay=0.0)
-    meta = load_checkpoint(work_dir, {"vae": vae}, opt)
-    start = meta["step"] if meta else 0
-    data = ImageFolderCrops(train_dir, crop, seed=seed + start)
+    trainer = Trainer("autoencoder", work_dir, {"vae": vae}, steps, lr, save_every=save_every)
+    data = ImageFolderCrops(train_dir, crop, seed=trainer.seed(seed))
     valid = ImageFolderCrops(valid_dir, 256, seed=1)
-    progress = Progress(steps, start, "autoencoder")
-    t0 = time.time()
-    for step in range(start, steps):
-        set_lr(opt, lr * lr_factor(step, steps))
-        vae.train()
-        loss, logs = autoencoder_loss(vae, data.batch(batch))
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        progress.update(step + 1, loss=loss.item(), **logs)
-        if (step + 1) % save_every == 0 or step + 1 == steps:
-            vae.eval()
-            with torch.no_grad():
-                _, vlogs = autoencoder_loss(vae, valid.batch(8, indices=range(8)))
-            progress.log(f"step {step + 1} valid psnr {vlogs['psnr']:.2f} dB ({time.time() - t0:.0f} s)")
-            save_checkpoint(work_dir, {"vae": vae}, opt, step + 1)
-    vae.eval()
-    vae.register_to_config(scaling_factor=latent_scale(vae, valid))
-    vae.save_pretrained(os.path.join(work_dir, "vae"))
-    progress.log(f"saved {os.path.join(work_dir, 'vae')} scaling_factor={vae.config.scaling_factor:.5f}")
+    dev = trainer.device
+
+    def validate() -> str:
+        _, logs = autoencoder_loss(vae, valid.batch(8, indices=range(8)).to(dev))
+        return f"psnr {logs['psnr']:.2f} dB"
+
+    trainer.run(lambda x: autoencoder_loss(vae, x), lambda: (data.batch(batch).to(dev),), validate)
+    if trainer.rt.is_main:
+        vae.register_to_config(scaling_factor=latent_scale(vae, valid))
+        vae.to("cpu").save_pretrained(os.path.join(work_dir, "vae"))
+        trainer.log(f"saved {os.path.join(work_dir, 'vae')} scaling_factor={vae.config.scaling_factor:.5f}")
+    trainer.rt.barrier()

@@ -8,18 +8,14 @@ prompt's text embedding). The relay decoder only ever runs it at t ≤ 299, so t
 
 from __future__ import annotations
 
-import time
-
 import numpy as np
 import torch
 import torch.nn.functional as F
 
 from ..networks.control import build_unet, unet_forward
 from ..sampler import alphas_cumprod
-from .checkpoint import load_checkpoint, save_checkpoint
 from .latent_cache import LatentCrops
-from .progress import Progress
-from .schedule import lr_factor, set_lr
+from .loop import Trainer
 
 RELAY_FRACTION = 0.8
 
@@ -40,7 +36,7 @@ def sample_timesteps(n: int, relay_start: int, total: int, generator) -> torch.T
 
 
 def denoiser_loss(model: BaseDenoiser, z: torch.Tensor, ab: torch.Tensor, t: torch.Tensor, generator):
-    eps = torch.randn(z.shape, generator=generator)
+    eps = torch.randn(z.shape, generator=generator).to(z.device)  # CPU generator: the same noise on any device
     a = ab[t].view(-1, 1, 1, 1)
     x_t = a.sqrt() * z + (1 - a).sqrt() * eps
     return F.mse_loss(unet_forward(model.unet, x_t, t, model.context), eps)
@@ -50,32 +46,25 @@ def train_denoiser(config: dict, cache_path: str, valid_cache: str, work_dir: st
                    crop: int = 32, lr: float = 2e-4, seed: int = 0, save_every: int = 300):
     torch.manual_seed(seed)
     model = BaseDenoiser(config)
-    opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.0)
-    meta = load_checkpoint(work_dir, {"denoiser": model}, opt)
-    start = meta["step"] if meta else 0
-    data = LatentCrops(cache_path, crop, seed=seed + start, features=False)
+    trainer = Trainer("denoiser", work_dir, {"denoiser": model}, steps, lr, clip=1.0, save_every=save_every)
+    data = LatentCrops(cache_path, crop, seed=trainer.seed(seed), features=False)
     valid = LatentCrops(valid_cache, crop, seed=1, features=False)
     dcfg = config["diffusion"]
-    ab = torch.tensor(alphas_cumprod(dcfg), dtype=torch.float32)
-    gen = torch.Generator().manual_seed(seed + start)
-    progress = Progress(steps, start, "denoiser")
-    t0 = time.time()
-    for step in range(start, steps):
-        set_lr(opt, lr * lr_factor(step, steps))
+    dev = trainer.device
+    ab = torch.tensor(alphas_cumprod(dcfg), dtype=torch.float32, device=dev)
+    gen = torch.Generator().manual_seed(trainer.seed(seed))
+
+    def draw():
         z, _ = data.batch(batch)
         t = sample_timesteps(batch, dcfg["relay_start"], dcfg["num_train_timesteps"], gen)
-        loss = denoiser_loss(model, z, ab, t, gen)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        opt.step()
-        progress.update(step + 1, loss=loss.item())
-        if (step + 1) % save_every == 0 or step + 1 == steps:
-            with torch.no_grad():
-                g = torch.Generator().manual_seed(0)
-                z, _ = valid.batch(16, indices=range(16))
-                vloss = np.mean([denoiser_loss(model, z, ab, torch.full((16,), tv), g).item()
-                                 for tv in (0, 75, 150, 224, 299)])
-            progress.log(f"step {step + 1} valid eps-mse (t ≤ 299) {vloss:.4f} ({time.time() - t0:.0f} s)")
-            save_checkpoint(work_dir, {"denoiser": model}, opt, step + 1)
+        return z.to(dev), t.to(dev)
+
+    def validate() -> str:
+        g = torch.Generator().manual_seed(0)
+        z = valid.batch(16, indices=range(16))[0].to(dev)
+        vloss = np.mean([denoiser_loss(model, z, ab, torch.full((16,), tv, device=dev), g).item()
+                         for tv in (0, 75, 150, 224, 299)])
+        return f"eps-mse (t ≤ 299) {vloss:.4f}"
+
+    trainer.run(lambda z, t: (denoiser_loss(model, z, ab, t, gen), {}), draw, validate)
     return model

@@ -11,18 +11,14 @@ its step count from {2, 5}, so one model serves both (the authors fine-tune one 
 
 from __future__ import annotations
 
-import time
-
 import torch
 
 from ..networks.autoencoder import decode_latent, encoder_feature, latent_from_feature
 from ..networks.control import unet_forward
 from ..sampler import relay_sample
-from .checkpoint import load_checkpoint, save_checkpoint
 from .data import ImageFolderCrops
+from .loop import Trainer
 from .losses import ms_ssim_loss
-from .progress import Progress
-from .schedule import lr_factor, set_lr
 from .stage_rdeic import sample_lambdas
 
 PERCEPTUAL_WEIGHT = 0.5
@@ -55,39 +51,28 @@ def train_finetune(model, train_dir: str, valid_dir: str, work_dir: str, steps: 
     torch.manual_seed(seed)
     for p in list(model.vae.parameters()) + list(model.unet.parameters()):
         p.requires_grad_(False)
-    params = list(model.compression.parameters()) + list(model.control.parameters())
-    opt = torch.optim.AdamW(params, lr=lr, weight_decay=0.0)
-    modules = {"compression": model.compression, "control": model.control}
-    meta = load_checkpoint(work_dir, modules, opt)
-    start = meta["step"] if meta else 0
-    data = ImageFolderCrops(train_dir, crop, seed=seed + start)
+    trainer = Trainer("finetune", work_dir, {"compression": model.compression, "control": model.control}, steps, lr,
+                      warmup=20, clip=1.0, save_every=save_every)
+    dev = trainer.device
+    model.to(dev)
+    data = ImageFolderCrops(train_dir, crop, seed=trainer.seed(seed))
     valid = ImageFolderCrops(valid_dir, crop, seed=1)
     lo, hi = model.compression.lambda_range
-    gen = torch.Generator().manual_seed(seed + start)
-    progress = Progress(steps, start, "finetune")
-    t0 = time.time()
+    gen = torch.Generator().manual_seed(trainer.seed(seed))
+
+    def draw():
+        n_steps = 2 if torch.rand(1, generator=gen).item() < 0.5 else 5
+        return data.batch(batch).to(dev), sample_lambdas(batch, lo, hi, gen).to(dev), n_steps
+
+    def validate() -> str:
+        x = valid.batch(4, indices=range(4)).to(dev)
+        rows = []
+        for lv in (0.1, 2.0):
+            _, lg = finetune_loss(model, x, torch.full((4,), lv, device=dev), 2, torch.Generator().manual_seed(0))
+            rows.append(f"λ={lv}: bpp {lg['bpp']:.4f} ms-ssim {lg['msssim']:.4f}")
+        return "; ".join(rows)
+
     model.unet.eval()
     model.vae.eval()
-    for step in range(start, steps):
-        set_lr(opt, lr * lr_factor(step, steps, warmup=20))
-        model.compression.train()
-        model.control.train()
-        n_steps = 2 if torch.rand(1, generator=gen).item() < 0.5 else 5
-        loss, logs = finetune_loss(model, data.batch(batch), sample_lambdas(batch, lo, hi, gen), n_steps, gen)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(params, 1.0)
-        opt.step()
-        progress.update(step + 1, loss=loss.item(), **logs)
-        if (step + 1) % save_every == 0 or step + 1 == steps:
-            model.compression.eval()
-            model.control.eval()
-            with torch.no_grad():
-                x = valid.batch(4, indices=range(4))
-                rows = []
-                for lv in (0.1, 2.0):
-                    _, lg = finetune_loss(model, x, torch.full((4,), lv), 2, torch.Generator().manual_seed(0))
-                    rows.append(f"λ={lv}: bpp {lg['bpp']:.4f} ms-ssim {lg['msssim']:.4f}")
-            progress.log(f"step {step + 1} valid " + "; ".join(rows) + f" ({time.time() - t0:.0f} s)")
-            save_checkpoint(work_dir, modules, opt, step + 1)
+    trainer.run(lambda x, lam, n: finetune_loss(model, x, lam, n, gen), draw, validate)
     return model

@@ -16,7 +16,6 @@ loss = 2λ·MSE(z_c, z) + bpp + L_vq. It needs no denoiser, so it runs beside th
 from __future__ import annotations
 
 import math
-import time
 
 import numpy as np
 import torch
@@ -24,10 +23,8 @@ import torch.nn.functional as F
 
 from ..networks.control import unet_forward
 from ..sampler import alphas_cumprod
-from .checkpoint import load_checkpoint, save_checkpoint
 from .latent_cache import LatentCrops
-from .progress import Progress
-from .schedule import lr_factor, set_lr
+from .loop import Trainer
 
 
 def sample_lambdas(n: int, lo: float, hi: float, generator) -> torch.Tensor:
@@ -49,7 +46,7 @@ def stage1_loss(model, feature, z, lam, t, ab, relay_start: int, generator):
     out = model.compression(feature, lam)
     z_c = out["z_c"]
     lam_r = math.sqrt(1.0 / float(ab[relay_start]) - 1.0)
-    eps = torch.randn(z.shape, generator=generator) + (z_c - z) / lam_r
+    eps = torch.randn(z.shape, generator=generator).to(z.device) + (z_c - z) / lam_r
     a = ab[t].view(-1, 1, 1, 1)
     x_t = a.sqrt() * z + (1 - a).sqrt() * eps
     ctx = model.unet.context
@@ -73,55 +70,44 @@ def train_stage1(model, cache_path: str, valid_cache: str, work_dir: str, steps:
     torch.manual_seed(seed)
     for p in list(model.vae.parameters()) + list(model.unet.parameters()):
         p.requires_grad_(False)
-    modules = {"compression": model.compression}
+    trained = {"compression": model.compression}
     if diffusion:
-        modules["control"] = model.control
-    params = [p for m in modules.values() for p in m.parameters()]
-    opt = torch.optim.AdamW(params, lr=lr, weight_decay=0.0)
-    name = "stage1" if diffusion else "compression"
-    meta = load_checkpoint(work_dir, modules, opt)
-    start = meta["step"] if meta else 0
-    data = LatentCrops(cache_path, crop, seed=seed + start)
+        trained["control"] = model.control
+    trainer = Trainer("stage1" if diffusion else "compression", work_dir, trained, steps, lr, clip=1.0,
+                      save_every=save_every)
+    dev = trainer.device
+    model.to(dev)
+    data = LatentCrops(cache_path, crop, seed=trainer.seed(seed))
     valid = LatentCrops(valid_cache, crop, seed=1)
     dcfg = model.config["diffusion"]
-    ab = torch.tensor(alphas_cumprod(dcfg), dtype=torch.float32)
+    ab = torch.tensor(alphas_cumprod(dcfg), dtype=torch.float32, device=dev)
     lo, hi = model.compression.lambda_range
-    gen = torch.Generator().manual_seed(seed + start)
-    progress = Progress(steps, start, name)
+    gen = torch.Generator().manual_seed(trainer.seed(seed))
 
-    def loss_fn(feat, z, lam, t, g):
+    def loss_fn(feat, z, lam, t, g=gen):
         if diffusion:
             return stage1_loss(model, feat, z, lam, t, ab, dcfg["relay_start"], g)
         return compression_loss(model, feat, z, lam)
 
-    t0 = time.time()
-    model.unet.eval()
-    model.vae.eval()
-    for step in range(start, steps):
-        set_lr(opt, lr * lr_factor(step, steps))
-        model.compression.train()
-        model.control.train()
+    def draw():
         z, feat = data.batch(batch)
         lam = sample_lambdas(batch, lo, hi, gen)
         t = torch.randint(0, dcfg["relay_start"] + 1, (batch,), generator=gen)
-        loss, logs = loss_fn(feat, z, lam, t, gen)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(params, 1.0)
-        opt.step()
-        progress.update(step + 1, loss=loss.item(), **logs)
-        if (step + 1) % save_every == 0 or step + 1 == steps:
-            model.compression.eval()
-            model.control.eval()
-            with torch.no_grad():
-                g = torch.Generator().manual_seed(0)
-                z, feat = valid.batch(8, indices=range(8))
-                rows = []
-                for lv in (0.1, 0.5, 2.0):
-                    _, lg = loss_fn(feat, z, torch.full((8,), lv), torch.full((8,), 299), g)
-                    rows.append(f"λ={lv}: " + " ".join(f"{k} {v:.4f}" for k, v in lg.items()))
-            progress.log(f"step {step + 1} valid " + "; ".join(rows) + f" ({time.time() - t0:.0f} s)")
-            save_checkpoint(work_dir, modules, opt, step + 1)
+        return feat.to(dev), z.to(dev), lam.to(dev), t.to(dev)
+
+    def validate() -> str:
+        g = torch.Generator().manual_seed(0)
+        z, feat = valid.batch(8, indices=range(8))
+        rows = []
+        for lv in (0.1, 0.5, 2.0):
+            _, lg = loss_fn(feat.to(dev), z.to(dev), torch.full((8,), lv, device=dev),
+                            torch.full((8,), 299, device=dev), g)
+            rows.append(f"λ={lv}: " + " ".join(f"{k} {v:.4f}" for k, v in lg.items()))
+        return "; ".join(rows)
+
+    model.unet.eval()
+    model.vae.eval()
+    trainer.run(loss_fn, draw, validate)
     return model
 
 
@@ -131,9 +117,10 @@ def estimate_index_prior(model, cache_path: str, crop: int = 32, batches: int = 
     counts = torch.zeros_like(model.compression.quantize.embed_prob)
     lo, hi = model.compression.lambda_range
     g = torch.Generator().manual_seed(0)
+    dev = next(model.compression.parameters()).device
     with torch.no_grad():
         for _ in range(batches):
             _, feat = data.batch(batch)
-            _, idx = model.compression.analyse(feat, sample_lambdas(batch, lo, hi, g))
+            _, idx = model.compression.analyse(feat.to(dev), sample_lambdas(batch, lo, hi, g).to(dev))
             counts += torch.bincount(idx.flatten(), minlength=counts.numel()).to(counts)
     model.compression.quantize.embed_prob.copy_((counts + 0.5) / (counts + 0.5).sum())

@@ -1,0 +1,90 @@
+"""The optimisation loop every stage shares: resume, schedule, gradient sync, progress, checkpoints.
+
+A stage says what it trains, how to draw a batch, its loss and its validation; :class:`Trainer` does
+the rest the same way for all of them, on one CPU or on several GPUs under torchrun (see
+:mod:`.distributed`).
+"""
+
+from __future__ import annotations
+
+import time
+
+import torch
+
+from .checkpoint import load_checkpoint, save_checkpoint
+from .distributed import runtime
+from .progress import Progress
+from .schedule import lr_factor, set_lr
+
+
+class Trainer:
+    """Resume (or start) one stage.
+
+    Args:
+        name: the stage's name, for the progress bar and log.
+        work_dir: the stage's checkpoint folder.
+        trained: the modules the stage optimises and checkpoints (name → module).
+        steps: total iterations; a resumed run goes on to this count.
+        lr: peak learning rate (AdamW; warm-up then cosine decay, see :mod:`.schedule`).
+        params: the parameters to optimise (default: all of ``trained``).
+        warmup: warm-up iterations.
+        clip: gradient-norm clipping (None: none).
+        save_every: iterations between validations and checkpoints.
+    """
+
+    def __init__(self, name: str, work_dir: str, trained: dict, steps: int, lr: float, params=None,
+                 warmup: int = 50, clip: float | None = None, save_every: int = 200):
+        self.rt = runtime()
+        self.name, self.work_dir, self.trained = name, work_dir, trained
+        self.steps, self.lr, self.warmup, self.clip, self.save_every = steps, lr, warmup, clip, save_every
+        for module in trained.values():
+            module.to(self.rt.device)
+        self.params = list(params) if params is not None else [p for m in trained.values() for p in m.parameters()]
+        self.opt = torch.optim.AdamW(self.params, lr=lr, weight_decay=0.0)
+        meta = load_checkpoint(work_dir, trained, self.opt)
+        self.start = meta["step"] if meta else 0
+        self.progress = Progress(steps, self.start, name, enabled=self.rt.is_main)
+
+    @property
+    def device(self) -> torch.device:
+        return self.rt.device
+
+    def seed(self, base: int) -> int:
+        """A seed for this process's random stream; it moves on when a run resumes."""
+        return base + self.start + 1_000_003 * self.rt.rank
+
+    def log(self, message: str) -> None:
+        self.progress.log(message)
+
+    def run(self, loss_fn, draw, validate) -> None:
+        """Optimise until ``steps``.
+
+        Args:
+            loss_fn: ``loss_fn(*batch) -> (loss, logs)`` with logs a dict of floats.
+            draw: ``draw() -> batch`` (a tuple of arguments for ``loss_fn``, on :attr:`device`).
+            validate: ``validate() -> str``, run without gradients in eval mode, on rank 0 only.
+        """
+        step_fn = self.rt.wrap(self.trained, loss_fn)
+        t0 = time.time()
+        for step in range(self.start, self.steps):
+            set_lr(self.opt, self.lr * lr_factor(step, self.steps, warmup=self.warmup))
+            self._mode(train=True)
+            loss, logs = step_fn(*draw())
+            self.opt.zero_grad(set_to_none=True)
+            loss.backward()
+            if self.clip is not None:
+                torch.nn.utils.clip_grad_norm_(self.params, self.clip)
+            self.opt.step()
+            self.progress.update(step + 1, loss=loss.item(), **logs)
+            if ((step + 1) % self.save_every == 0 or step + 1 == self.steps) and self.rt.is_main:
+                self._mode(train=False)
+                with torch.no_grad():
+                    message = validate()
+                self.log(f"step {step + 1} valid {message} ({time.time() - t0:.0f} s)")
+                save_checkpoint(self.work_dir, self.trained, self.opt, step + 1)
+        self._mode(train=False)
+        self.rt.barrier()
+
+    def _mode(self, train: bool) -> None:
+        for module in self.trained.values():
+            module.train(train)

@@ -1,0 +1,66 @@
+"""Stage "decoder": refine the autoencoder's decoder with its encoder frozen.
+
+The autoencoder bounds every rate: the diffusion stages can only restore latents, and the decoder
+turns them into pixels. Training the decoder alone leaves the latents unchanged, so the latent cache,
+the denoiser and the compression and control modules trained on them stay valid, and the stage can
+run (or be extended) at any time. Encoding runs without gradients, which makes a step cheaper than an
+autoencoder step. (The autoencoder has no dropout or batch statistics, so train and eval modes agree.)
+"""
+
+from __future__ import annotations
+
+import os
+
+import torch
+from diffusers import AutoencoderKL
+
+from .data import ImageFolderCrops
+from .loop import Trainer
+from .stage_autoencoder import reconstruction_loss
+
+
+def decoder_parameters(vae: AutoencoderKL) -> list:
+    """What this stage trains: everything after the latent."""
+    modules = [vae.decoder] + ([vae.post_quant_conv] if vae.post_quant_conv is not None else [])
+    return [p for m in modules for p in m.parameters()]
+
+
+def _loss(vae: AutoencoderKL, x: torch.Tensor):
+    with torch.no_grad():
+        z = vae.encode(x).latent_dist.mean
+    return reconstruction_loss(vae.decode(z).sample, x)
+
+
+def train_decoder(vae_dir: str, train_dir: str, valid_dir: str, work_dir: str, steps: int,
+                  batch: int = 8, crop: int = 128, lr: float = 2e-4, seed: int = 0,
+                  save_every: int = 200) -> None:
+    """Fine-tune (or resume) the decoder of the autoencoder in ``vae_dir``; writes ``work_dir/vae``.
+
+    Args:
+        vae_dir: the trained autoencoder (a diffusers folder); its encoder is left as it is.
+        train_dir, valid_dir: image folders.
+        work_dir: where checkpoints and the refined autoencoder go.
+        steps: total iterations (a resumed run goes on to this count).
+    """
+    torch.manual_seed(seed)
+    vae = AutoencoderKL.from_pretrained(vae_dir, low_cpu_mem_usage=False)
+    vae.requires_grad_(False)
+    params = decoder_parameters(vae)
+    for p in params:
+        p.requires_grad_(True)
+    trainer = Trainer("decoder", work_dir, {"vae": vae}, steps, lr, params=params, save_every=save_every)
+    data = ImageFolderCrops(train_dir, crop, seed=trainer.seed(seed + 7919))
+    dev = trainer.device
+    valid = ImageFolderCrops(valid_dir, 256, seed=1).batch(8, indices=range(8)).to(dev)  # fixed crops: comparable
+
+    def validate() -> str:
+        return f"psnr {_loss(vae, valid)[1]['psnr']:.2f} dB"
+
+    if trainer.start == 0 and trainer.rt.is_main:
+        with torch.no_grad():
+            trainer.log(f"step 0 valid {validate()}")
+    trainer.run(lambda x: _loss(vae, x), lambda: (data.batch(batch).to(dev),), validate)
+    if trainer.rt.is_main:
+        vae.to("cpu").save_pretrained(os.path.join(work_dir, "vae"))
+        trainer.log(f"saved {os.path.join(work_dir, 'vae')}")
+    trainer.rt.barrier()
