@@ -117,7 +117,12 @@ def save_model(model: RDEICModel, folder: str, name: str | None = None, extra: d
     model._entropy_path = None
     for comp in COMPONENTS:
         state = {k: _storage(v, k) for k, v in model.component(comp).state_dict().items()}
-        save_file(state, os.path.join(folder, f"{comp}.safetensors"))
+        path = os.path.join(folder, f"{comp}.safetensors")
+        save_file(state, path)
+        # safetensors writes its files 0600; a model directory is meant to be shared like any other file.
+        mask = os.umask(0)
+        os.umask(mask)
+        os.chmod(path, 0o666 & ~mask)
     config = {k: v for k, v in model.config.items() if k != "model_id"}
     if name:
         config["name"] = name

@@ -57,6 +57,18 @@ def test_user_errors_are_one_line_and_leave_nothing(tiny_model_dir, tmp_path):
     assert missing.returncode != 0 and b"no such file" in missing.stderr and not (tmp_path / "x.rdc").exists()
 
 
+def test_training_on_unusable_folders_is_one_line(tmp_path):
+    for split in ("train", "valid"):
+        os.makedirs(tmp_path / split)
+        Image.fromarray(smooth_image(40, 40)).save(tmp_path / split / "small.png")
+    out = run("train", tmp_path / "train", tmp_path / "valid", "--work", tmp_path / "work", "--profile", "tiny")
+    err = out.stderr.decode().strip()
+    assert out.returncode != 0 and err.count("\n") == 0 and "at least" in err, err
+    (tmp_path / "train" / "small.png").unlink()
+    out = run("train", tmp_path / "train", tmp_path / "valid", "--work", tmp_path / "work2", "--profile", "tiny")
+    assert out.returncode != 0 and out.stderr.decode().strip() == f"rdeic: error: no images in {tmp_path / 'train'}"
+
+
 @pytest.mark.skipif(not os.path.isdir(SHIPPED_MODEL), reason="the shipped model is missing")
 def test_shipped_model_reconstructs_a_photo(tmp_path):
     photo = os.path.join(VALID_DIR, "gb82_city.png")

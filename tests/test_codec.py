@@ -1,5 +1,8 @@
 """Round trips through encode and decode with a tiny random-weight model."""
 
+import os
+import stat
+
 import numpy as np
 import pytest
 
@@ -56,3 +59,15 @@ def test_more_lambda_more_bits(tiny_model):
     image = smooth_image(128, 128)
     sizes = [len(codec.encode(tiny_model, image, lam).data) for lam in (0.1, 0.5, 2.0)]
     assert sizes[0] < sizes[2]
+
+
+def test_written_model_files_follow_the_umask(tmp_path):
+    from conftest import make_tiny_model
+
+    old = os.umask(0o022)
+    try:
+        folder = make_tiny_model(str(tmp_path / "m"))
+    finally:
+        os.umask(old)
+    modes = {name: stat.S_IMODE(os.stat(os.path.join(folder, name)).st_mode) for name in os.listdir(folder)}
+    assert modes and all(mode == 0o644 for mode in modes.values()), modes

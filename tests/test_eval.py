@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import csv
 import json
+import os
 import re
+import stat
 from pathlib import Path
 
 import numpy as np
@@ -186,6 +188,11 @@ def test_html_references_existing_files_and_plots_exist(report):
     for metric in ("psnr", "ms_ssim", "niqe"):
         assert (out / f"rd_{metric}.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
         assert f"rd_{metric}.png" in refs
+    # Readable like any file the user writes (the umask decides), not private to the writer.
+    mask = os.umask(0)
+    os.umask(mask)
+    for name in ("index.html", "results.json", "results.csv"):
+        assert stat.S_IMODE((out / name).stat().st_mode) == 0o666 & ~mask, name
 
 
 def test_interrupt_keeps_finished_images(tmp_path, model_dir, image_dir, one_thread, monkeypatch):

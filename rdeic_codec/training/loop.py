@@ -66,6 +66,8 @@ class Trainer:
         """
         step_fn = self.rt.wrap(self.trained, loss_fn)
         t0 = time.time()
+        if self.start == 0 and self.rt.is_main:  # where the stage starts from, to compare against
+            self._validate(validate, 0, t0)
         for step in range(self.start, self.steps):
             set_lr(self.opt, self.lr * lr_factor(step, self.steps, warmup=self.warmup))
             self._mode(train=True)
@@ -77,13 +79,16 @@ class Trainer:
             self.opt.step()
             self.progress.update(step + 1, loss=loss.item(), **logs)
             if ((step + 1) % self.save_every == 0 or step + 1 == self.steps) and self.rt.is_main:
-                self._mode(train=False)
-                with torch.no_grad():
-                    message = validate()
-                self.log(f"step {step + 1} valid {message} ({time.time() - t0:.0f} s)")
+                self._validate(validate, step + 1, t0)
                 save_checkpoint(self.work_dir, self.trained, self.opt, step + 1)
         self._mode(train=False)
         self.rt.barrier()
+
+    def _validate(self, validate, step: int, t0: float) -> None:
+        self._mode(train=False)
+        with torch.no_grad():
+            message = validate()
+        self.log(f"step {step} valid {message} ({time.time() - t0:.0f} s)")
 
     def _mode(self, train: bool) -> None:
         for module in self.trained.values():

@@ -83,25 +83,30 @@ def run(train_dir: str, valid_dir: str, work: str, output: str | None, profile: 
         _mark_done(work, "denoiser")
     if any(s in stages for s in ("stage1", "finetune")) or output:
         _load_denoiser(model, os.path.join(work, "denoiser"))
+    previous = None
     for stage in ("compression", "stage1", "finetune"):
-        if stage not in stages:
-            continue
         folder = os.path.join(work, stage)
         modules = {"compression": model.compression}
         if stage != "compression":
             modules["control"] = model.control
         if _done(work, stage):
+            # A finished stage's weights carry into the later stages and into the written model.
             load_checkpoint(folder, modules)
-            continue
-        if stage == "stage1" and not os.path.exists(os.path.join(folder, "checkpoint.safetensors")):
-            # Stage 1 starts from the pretrained compression module when there is one.
-            load_checkpoint(os.path.join(work, "compression"), {"compression": model.compression})
-        if stage in ("compression", "stage1"):
-            train_stage1(model, train_cache, valid_cache, folder, steps[stage], seed=seed,
-                         diffusion=stage == "stage1")
-        else:
-            train_finetune(model, train_dir, valid_dir, folder, steps[stage], seed=seed)
-        _mark_done(work, stage)
+        elif stage in stages:
+            if previous and not os.path.exists(os.path.join(folder, "checkpoint.safetensors")):
+                # A stage starts from where the one before it got to (stage 1: the pretrained compression
+                # module; stage 2: stage 1's compression and control modules).
+                carried = {"compression": model.compression}
+                if previous != "compression":
+                    carried["control"] = model.control
+                load_checkpoint(os.path.join(work, previous), carried)
+            if stage in ("compression", "stage1"):
+                train_stage1(model, train_cache, valid_cache, folder, steps[stage], seed=seed,
+                             diffusion=stage == "stage1")
+            else:
+                train_finetune(model, train_dir, valid_dir, folder, steps[stage], seed=seed)
+            _mark_done(work, stage)
+        previous = stage
     if output and rt.is_main:
         model.eval()
         estimate_index_prior(model, train_cache)

@@ -62,9 +62,10 @@ def train_autoencoder(config: dict, train_dir: str, valid_dir: str, work_dir: st
     data = ImageFolderCrops(train_dir, crop, seed=trainer.seed(seed))
     valid = ImageFolderCrops(valid_dir, 256, seed=1)
     dev = trainer.device
+    valid_x = valid.batch(8, indices=range(8)).to(dev)  # the same crops at every validation
 
     def validate() -> str:
-        _, logs = autoencoder_loss(vae, valid.batch(8, indices=range(8)).to(dev))
+        _, logs = autoencoder_loss(vae, valid_x)
         return f"psnr {logs['psnr']:.2f} dB"
 
     trainer.run(lambda x: autoencoder_loss(vae, x), lambda: (data.batch(batch).to(dev),), validate)

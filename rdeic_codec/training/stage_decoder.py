@@ -56,9 +56,6 @@ def train_decoder(vae_dir: str, train_dir: str, valid_dir: str, work_dir: str, s
     def validate() -> str:
         return f"psnr {_loss(vae, valid)[1]['psnr']:.2f} dB"
 
-    if trainer.start == 0 and trainer.rt.is_main:
-        with torch.no_grad():
-            trainer.log(f"step 0 valid {validate()}")
     trainer.run(lambda x: _loss(vae, x), lambda: (data.batch(batch).to(dev),), validate)
     if trainer.rt.is_main:
         vae.to("cpu").save_pretrained(os.path.join(work_dir, "vae"))

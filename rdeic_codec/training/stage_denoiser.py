@@ -53,6 +53,7 @@ def train_denoiser(config: dict, cache_path: str, valid_cache: str, work_dir: st
     dev = trainer.device
     ab = torch.tensor(alphas_cumprod(dcfg), dtype=torch.float32, device=dev)
     gen = torch.Generator().manual_seed(trainer.seed(seed))
+    z_valid = valid.batch(16, indices=range(16))[0].to(dev)  # the same crops at every validation
 
     def draw():
         z, _ = data.batch(batch)
@@ -61,8 +62,7 @@ def train_denoiser(config: dict, cache_path: str, valid_cache: str, work_dir: st
 
     def validate() -> str:
         g = torch.Generator().manual_seed(0)
-        z = valid.batch(16, indices=range(16))[0].to(dev)
-        vloss = np.mean([denoiser_loss(model, z, ab, torch.full((16,), tv, device=dev), g).item()
+        vloss = np.mean([denoiser_loss(model, z_valid, ab, torch.full((16,), tv, device=dev), g).item()
                          for tv in (0, 75, 150, 224, 299)])
         return f"eps-mse (t ≤ 299) {vloss:.4f}"
 

@@ -56,7 +56,7 @@ def train_finetune(model, train_dir: str, valid_dir: str, work_dir: str, steps: 
     dev = trainer.device
     model.to(dev)
     data = ImageFolderCrops(train_dir, crop, seed=trainer.seed(seed))
-    valid = ImageFolderCrops(valid_dir, crop, seed=1)
+    valid = ImageFolderCrops(valid_dir, 256, seed=1)
     lo, hi = model.compression.lambda_range
     gen = torch.Generator().manual_seed(trainer.seed(seed))
 
@@ -64,11 +64,12 @@ def train_finetune(model, train_dir: str, valid_dir: str, work_dir: str, steps: 
         n_steps = 2 if torch.rand(1, generator=gen).item() < 0.5 else 5
         return data.batch(batch).to(dev), sample_lambdas(batch, lo, hi, gen).to(dev), n_steps
 
+    x_valid = valid.batch(8, indices=range(8)).to(dev)  # the same crops at every validation
+
     def validate() -> str:
-        x = valid.batch(4, indices=range(4)).to(dev)
         rows = []
         for lv in (0.1, 2.0):
-            _, lg = finetune_loss(model, x, torch.full((4,), lv, device=dev), 2, torch.Generator().manual_seed(0))
+            _, lg = finetune_loss(model, x_valid, torch.full((8,), lv, device=dev), 2, torch.Generator().manual_seed(0))
             rows.append(f"λ={lv}: bpp {lg['bpp']:.4f} ms-ssim {lg['msssim']:.4f}")
         return "; ".join(rows)
 

@@ -83,6 +83,7 @@ def train_stage1(model, cache_path: str, valid_cache: str, work_dir: str, steps:
     ab = torch.tensor(alphas_cumprod(dcfg), dtype=torch.float32, device=dev)
     lo, hi = model.compression.lambda_range
     gen = torch.Generator().manual_seed(trainer.seed(seed))
+    z_valid, feat_valid = (v.to(dev) for v in valid.batch(8, indices=range(8)))  # the same crops every time
 
     def loss_fn(feat, z, lam, t, g=gen):
         if diffusion:
@@ -97,10 +98,9 @@ def train_stage1(model, cache_path: str, valid_cache: str, work_dir: str, steps:
 
     def validate() -> str:
         g = torch.Generator().manual_seed(0)
-        z, feat = valid.batch(8, indices=range(8))
         rows = []
         for lv in (0.1, 0.5, 2.0):
-            _, lg = loss_fn(feat.to(dev), z.to(dev), torch.full((8,), lv, device=dev),
+            _, lg = loss_fn(feat_valid, z_valid, torch.full((8,), lv, device=dev),
                             torch.full((8,), 299, device=dev), g)
             rows.append(f"λ={lv}: " + " ".join(f"{k} {v:.4f}" for k, v in lg.items()))
         return "; ".join(rows)
