@@ -171,6 +171,22 @@ def test_csv_has_one_row_per_image_codec_setting(report):
     assert doc["status"] == "complete" and all(im["finished"] for im in doc["images"])
 
 
+def test_markdown_summary_has_every_average(report):
+    out, doc, _ = report
+    lines = (out / "summary.md").read_text().splitlines()
+    assert lines[0].startswith("| codec | λ | images | bpp | psnr | ms_ssim | niqe")
+    rows = [line.strip("| ").split(" | ") for line in lines[2:]]
+    assert len(rows) == len(doc["summary"])
+    for entry in doc["summary"]:
+        [row] = [r for r in rows if r[0] == entry["series"] and float(r[1]) == entry["lambda"]]
+        assert row[2] == f"{entry['n_reachable']}/{entry['n_images']}"
+        if entry["n_reachable"]:
+            assert float(row[3]) == pytest.approx(entry["bpp"], rel=1e-3)
+            assert float(row[4]) == pytest.approx(entry["psnr"], rel=1e-3)
+        else:
+            assert row[3].startswith("cannot reach")
+
+
 def test_html_references_existing_files_and_plots_exist(report):
     out, doc, _ = report
     page = (out / "index.html").read_text()
@@ -191,7 +207,7 @@ def test_html_references_existing_files_and_plots_exist(report):
     # Readable like any file the user writes (the umask decides), not private to the writer.
     mask = os.umask(0)
     os.umask(mask)
-    for name in ("index.html", "results.json", "results.csv"):
+    for name in ("index.html", "results.json", "results.csv", "summary.md"):
         assert stat.S_IMODE((out / name).stat().st_mode) == 0o666 & ~mask, name
 
 

@@ -12,6 +12,7 @@
 * ``rd_<metric>.png``: mean bpp against the mean metric, one curve per codec (rdeic: per step
   count); a point with unreachable images is left out and the legend says how many.
 * ``index.html``: per image and λ, centre crops of the original, rdeic and the matched baselines.
+* ``summary.md``: the averages as a Markdown table, by λ, for READMEs and model cards.
 
 Plots use matplotlib's Agg canvas, imported only when plots are drawn. Everything is written to a
 temporary file and renamed, so an interrupted run never leaves a half-written report file.
@@ -111,10 +112,28 @@ def to_csv(results: Results) -> str:
     return buf.getvalue()
 
 
+def to_markdown(results: Results) -> str:
+    """The summary as a Markdown table: per λ, rdeic's step counts, then each baseline at that rate."""
+    metrics = [m.name for m in registry.image_metrics()] + [m.name for m in registry.set_metrics()]
+    head = ["codec", "λ", "images", "bpp", *metrics, "enc s", "dec s"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    order = {c: i for i, c in enumerate(results.meta.get("baselines", []))}
+    rank = lambda e: (e["lambda"], e["codec"] != "rdeic", order.get(e["codec"], len(order)), e["steps"] or 0)  # noqa: E731
+    for e in sorted(summarize(results), key=rank):
+        images = f"{e['n_reachable']}/{e['n_images']}"
+        if e["n_reachable"] == 0:
+            cells = [f"cannot reach {_fmt(e.get('mean_target_bpp'))}"] + ["–"] * (len(metrics) + 2)
+        else:
+            cells = [_fmt(e["bpp"]), *(_fmt(e.get(m)) for m in metrics), f"{e['encode_s']:.2f}", f"{e['decode_s']:.2f}"]
+        lines.append("| " + " | ".join([e["series"], f"{e['lambda']:g}", images, *cells]) + " |")
+    return "\n".join(lines) + "\n"
+
+
 def write_tables(results: Results, out_dir: Path) -> None:
-    """results.json and results.csv (cheap; rewritten after every row)."""
+    """results.json, results.csv and summary.md (cheap; rewritten after every row)."""
     _atomic_write(out_dir / "results.json", to_json(results))
     _atomic_write(out_dir / "results.csv", to_csv(results))
+    _atomic_write(out_dir / "summary.md", to_markdown(results))
 
 
 def write_all(results: Results, out_dir: Path) -> None:
