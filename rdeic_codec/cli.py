@@ -293,7 +293,7 @@ def _csv_list(kind):
 @click.option("-b", "--baselines", default="jpeg,webp,avif,avif-half,jxl", show_default=True,
               callback=_csv_list(str), help="Baseline codecs matched to each .rdc file's rate ('none': no baselines).")
 @click.option("-o", "--output", "out_dir", default="report", show_default=True, type=click.Path(file_okay=False),
-              help="Report folder: results.json, results.csv, rd_*.png, index.html, files/, crops/.")
+              help="Report folder: results.json, results.csv, summary.md, rd_*.png, index.html, files/, crops/.")
 @click.option("-n", "--limit", type=click.IntRange(1), default=None, help="Only the first N images (by name).")
 @click.option("-d", "--detail", type=float, default=1.0, show_default=True, help="Decoder detail guidance.")
 @click.option("--crop", type=click.IntRange(16), default=256, show_default=True,
@@ -313,7 +313,8 @@ def eval_command(folder, lambdas, steps, baselines, out_dir, limit, detail, crop
     Every image is encoded to an .rdc file per λ and decoded per step count; each baseline gets the
     largest file not exceeding that .rdc file's size. Rates are file sizes over the original pixel
     count. Reports bpp, PSNR, MS-SSIM, NIQE and encode/decode seconds per image and on average in
-    OUTPUT/results.json and results.csv, rate-quality plots (rd_*.png) and index.html with crops.
+    OUTPUT/results.json, results.csv and summary.md (Markdown averages), rate-quality plots
+    (rd_*.png) and index.html with crops.
     Ctrl-C keeps what was finished.
     """
     import importlib
