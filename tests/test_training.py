@@ -102,3 +102,13 @@ def test_a_stage_run_alone_starts_from_the_stage_before(folders, tmp_path):
     for k, v in stage1.items():
         if v.is_floating_point():
             torch.testing.assert_close(tuned[k], v, atol=1e-3, rtol=0), k
+
+
+def test_validation_rate_is_the_size_of_real_files(tiny_model):
+    from rdeic_codec.training.file_rate import file_bpp
+
+    images = [smooth_image(64, 64, seed=1), smooth_image(64, 128, seed=2)]
+    expected = np.mean([len(codec.encode(tiny_model, im, 1.0).data) * 8 / im[..., 0].size for im in images])
+    assert file_bpp(tiny_model, images, 1.0) == pytest.approx(expected)
+    # The float64 copy the coder uses is rebuilt from the weights as they are now, not kept from before.
+    assert tiny_model._entropy_path is None

@@ -102,7 +102,7 @@ def run(train_dir: str, valid_dir: str, work: str, output: str | None, profile: 
                 load_checkpoint(os.path.join(work, previous), carried)
             if stage in ("compression", "stage1"):
                 train_stage1(model, train_cache, valid_cache, folder, steps[stage], seed=seed,
-                             diffusion=stage == "stage1")
+                             diffusion=stage == "stage1", valid_dir=valid_dir)
             else:
                 train_finetune(model, train_dir, valid_dir, folder, steps[stage], seed=seed)
             _mark_done(work, stage)

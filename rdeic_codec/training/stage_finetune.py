@@ -17,6 +17,7 @@ from ..networks.autoencoder import decode_latent, encoder_feature, latent_from_f
 from ..networks.control import unet_forward
 from ..sampler import relay_sample
 from .data import ImageFolderCrops
+from .file_rate import file_bpp, validation_images
 from .loop import Trainer
 from .losses import ms_ssim_loss
 from .stage_rdeic import sample_lambdas
@@ -65,12 +66,14 @@ def train_finetune(model, train_dir: str, valid_dir: str, work_dir: str, steps: 
         return data.batch(batch).to(dev), sample_lambdas(batch, lo, hi, gen).to(dev), n_steps
 
     x_valid = valid.batch(8, indices=range(8)).to(dev)  # the same crops at every validation
+    real_images = validation_images(valid_dir)
 
     def validate() -> str:
         rows = []
         for lv in (0.1, 2.0):
             _, lg = finetune_loss(model, x_valid, torch.full((8,), lv, device=dev), 2, torch.Generator().manual_seed(0))
-            rows.append(f"λ={lv}: bpp {lg['bpp']:.4f} ms-ssim {lg['msssim']:.4f}")
+            rows.append(f"λ={lv}: bpp {lg['bpp']:.4f} file_bpp {file_bpp(model, real_images, lv):.4f} "
+                        f"ms-ssim {lg['msssim']:.4f}")
         return "; ".join(rows)
 
     model.unet.eval()

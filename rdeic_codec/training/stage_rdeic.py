@@ -23,6 +23,7 @@ import torch.nn.functional as F
 
 from ..networks.control import unet_forward
 from ..sampler import alphas_cumprod
+from .file_rate import file_bpp, validation_images
 from .latent_cache import LatentCrops
 from .loop import Trainer
 
@@ -62,10 +63,11 @@ def stage1_loss(model, feature, z, lam, t, ab, relay_start: int, generator):
 
 def train_stage1(model, cache_path: str, valid_cache: str, work_dir: str, steps: int, batch: int = 8,
                  crop: int = 32, lr: float = 1e-4, seed: int = 0, save_every: int = 300,
-                 diffusion: bool = True):
+                 diffusion: bool = True, valid_dir: str | None = None):
     """Train (or resume) stage 1 on a model whose VAE and UNet are already trained; updates ``model``.
 
     With ``diffusion=False`` this is the "compression" pretraining stage (no UNet, no control).
+    With ``valid_dir``, validation also range-codes a few of its images (see :mod:`.file_rate`).
     """
     torch.manual_seed(seed)
     for p in list(model.vae.parameters()) + list(model.unet.parameters()):
@@ -84,6 +86,7 @@ def train_stage1(model, cache_path: str, valid_cache: str, work_dir: str, steps:
     lo, hi = model.compression.lambda_range
     gen = torch.Generator().manual_seed(trainer.seed(seed))
     z_valid, feat_valid = (v.to(dev) for v in valid.batch(8, indices=range(8)))  # the same crops every time
+    real_images = validation_images(valid_dir) if valid_dir else []
 
     def loss_fn(feat, z, lam, t, g=gen):
         if diffusion:
@@ -102,6 +105,8 @@ def train_stage1(model, cache_path: str, valid_cache: str, work_dir: str, steps:
         for lv in (0.1, 0.5, 2.0):
             _, lg = loss_fn(feat_valid, z_valid, torch.full((8,), lv, device=dev),
                             torch.full((8,), 299, device=dev), g)
+            if real_images:
+                lg["file_bpp"] = file_bpp(model, real_images, lv)
             rows.append(f"λ={lv}: " + " ".join(f"{k} {v:.4f}" for k, v in lg.items()))
         return "; ".join(rows)
 
