@@ -248,8 +248,11 @@ def info(input_path):
               help="Network sizes (tiny: a few thousand parameters, for trying the pipeline in seconds).")
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True,
               help="Where to train (under torchrun, each process takes the GPU of its LOCAL_RANK).")
+@click.option("--from", "start_from", type=click.Path(exists=True, file_okay=False), default=None,
+              help="Start from this model directory: its parts count as finished stages, so the stages "
+                   "left (e.g. --stages decoder,finetune) refine it.")
 @threads_option
-def train(train_dir, valid_dir, work, output, stages, step_overrides, seed, profile, device, threads):
+def train(train_dir, valid_dir, work, output, stages, step_overrides, seed, profile, device, start_from, threads):
     """Train a model from folders of images (resumable; runs unchanged under torchrun; see docs/training.md)."""
     import torch
 
@@ -267,8 +270,15 @@ def train(train_dir, valid_dir, work, output, stages, step_overrides, seed, prof
         if name not in STAGES or not value.isdigit():
             fail(f"--steps takes STAGE=N with STAGE one of {', '.join(STAGES)}, got {item!r}", EXIT_USAGE)
         steps[name] = int(value)
+    if start_from:
+        from .model import ModelError, read_config
+
+        try:
+            read_config(start_from)
+        except ModelError as e:
+            fail(str(e), EXIT_USAGE)
     run(train_dir, valid_dir, work, output, profile=profile, stages=chosen, steps=steps, seed=seed,
-        device=str(resolve_device(device)), log=lambda m: click.echo(m, err=True))
+        device=str(resolve_device(device)), start_from=start_from, log=lambda m: click.echo(m, err=True))
 
 
 # -- eval ------------------------------------------------------------------------------------------

@@ -112,3 +112,36 @@ def test_validation_rate_is_the_size_of_real_files(tiny_model):
     assert file_bpp(tiny_model, images, 1.0) == pytest.approx(expected)
     # The float64 copy the coder uses is rebuilt from the weights as they are now, not kept from before.
     assert tiny_model._entropy_path is None
+
+
+def test_training_can_start_from_a_finished_model(folders, tmp_path):
+    run = dict(profile="tiny", log=lambda m: None)
+    first = tmp_path / "first"
+    pipeline.run(str(folders / "train"), str(folders / "valid"), str(tmp_path / "work1"), str(first),
+                 stages=("autoencoder", "denoiser", "compression", "stage1"),
+                 steps={"autoencoder": 1, "denoiser": 1, "compression": 1, "stage1": 1}, **run)
+    work, refined = tmp_path / "work2", tmp_path / "refined"
+    pipeline.run(str(folders / "train"), str(folders / "valid"), str(work), str(refined), stages=("finetune",),
+                 steps={"finetune": 1}, start_from=str(first), **run)
+    for stage in ("autoencoder", "denoiser", "compression", "stage1", "finetune"):
+        assert os.path.exists(work / stage / "done"), stage
+    a, b = load_model(str(first)), load_model(str(refined))
+    # The frozen parts come through unchanged (the learned context included); fine-tuning starts from the
+    # model's compression and control modules, not from a fresh initialisation.
+    for part in ("vae", "unet"):
+        for k, v in a.component(part).state_dict().items():
+            assert torch.equal(v, b.component(part).state_dict()[k]), (part, k)
+    assert a.unet.context.abs().sum() > 0
+    # Parameters only (the codebook's usage statistics move with every batch), and of the codebook only the
+    # codewords in use: training re-seeds the unused ones.
+    used = a.compression.quantize.embed_prob > 0.03 / a.compression.quantize.embed_prob.numel()
+    assert used.any()
+    for part in ("compression", "control"):
+        tuned = dict(b.component(part).named_parameters())
+        for k, v in a.component(part).named_parameters():
+            if k == "quantize.embedding.weight":
+                v, tuned[k] = v[used], tuned[k][used]
+            torch.testing.assert_close(tuned[k], v, atol=1e-3, rtol=0), (part, k)
+    assert b.config["training"]["stages"][-1] == "finetune" and a.model_id != b.model_id
+    image = smooth_image(64, 64)
+    assert codec.decode(b, codec.encode(b, image, 1.0).data, steps=2).shape == image.shape

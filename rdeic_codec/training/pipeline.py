@@ -35,11 +35,14 @@ def _mark_done(work: str, stage: str) -> None:
 
 
 def run(train_dir: str, valid_dir: str, work: str, output: str | None, profile: str = "small",
-        stages=STAGES, steps: dict | None = None, seed: int = 0, device: str | None = None, log=print) -> None:
+        stages=STAGES, steps: dict | None = None, seed: int = 0, device: str | None = None,
+        start_from: str | None = None, log=print) -> None:
     """Run ``stages`` in order (skipping finished ones) and write the model to ``output`` if given.
 
     Args:
         device: where to train (default: the GPU of this process if there is one, else the CPU).
+        start_from: a model directory whose parts stand in for the stages that made it
+            (see :mod:`.from_model`), so that the remaining stages refine it.
     """
     from diffusers import AutoencoderKL
 
@@ -56,8 +59,19 @@ def run(train_dir: str, valid_dir: str, work: str, output: str | None, profile: 
     rt = runtime(device)
     if not rt.is_main:
         log = _quiet
-    config = get_profile(profile)
+    if start_from:
+        # The model's own network shapes, whatever --profile says: its weights must fit them.
+        from ..model import read_config
+
+        config = {k: v for k, v in read_config(start_from).items() if k not in ("model_id", "name", "training")}
+    else:
+        config = get_profile(profile)
     os.makedirs(work, exist_ok=True)
+    if start_from and rt.is_main:
+        from .from_model import seed_work_from_model
+
+        seed_work_from_model(start_from, work, log=log)
+    rt.barrier()
     if "autoencoder" in stages and not _done(work, "autoencoder"):
         train_autoencoder(config, train_dir, valid_dir, os.path.join(work, "autoencoder"), steps["autoencoder"],
                           seed=seed)
