@@ -63,7 +63,7 @@ def resolve_device(name: str):
     return torch.device(name)
 
 
-def _load(model_dir: str | None, device_name: str, threads: int | None):
+def _load(model_dir: str | None, device_name: str, threads: int | None, half: bool = False):
     import torch
 
     if threads:
@@ -71,7 +71,7 @@ def _load(model_dir: str | None, device_name: str, threads: int | None):
     from .model import load_model
 
     device = resolve_device(device_name)
-    return load_model(model_dir, device)
+    return load_model(model_dir, device, half=half)
 
 
 def _check_size(width: int, height: int, max_pixels: int | None, what: str) -> None:
@@ -91,6 +91,9 @@ device_option = click.option("--device", type=click.Choice(["auto", "cpu", "cuda
                              show_default=True, help="Where the networks run (entropy coding is always on the CPU).")
 threads_option = click.option("--threads", type=click.IntRange(1, 256), default=None,
                               help="CPU threads for torch (default: torch's choice).")
+half_option = click.option("--half", is_flag=True,
+                            help="Run the autoencoder and diffusion networks in float16 (for GPUs: half the memory, "
+                                 "faster); the file format and entropy coding are unchanged.")
 quiet_option = click.option("-q", "--quiet", is_flag=True, help="Print nothing on success.")
 force_option = click.option("-f", "--force", is_flag=True, help="Replace OUTPUT if it exists.")
 
@@ -119,7 +122,8 @@ def main():
 @force_option
 @click.option("--max-pixels", type=click.IntRange(1), default=None,
               help="Refuse images with more pixels than this, counted as for decode (default 16777216).")
-def encode(input_path, output, lam, model_dir, device, threads, quiet, force, max_pixels):
+@half_option
+def encode(input_path, output, lam, model_dir, device, threads, quiet, force, max_pixels, half):
     """Compress an image (PNG, JPEG, WebP, TIFF, BMP; '-' for stdin) to an .rdc file ('-' for stdout).
 
     Alpha is not coded: transparent pixels are composited over white.
@@ -130,7 +134,7 @@ def encode(input_path, output, lam, model_dir, device, threads, quiet, force, ma
     image = load_image(read_input(input_path), check_size=lambda w, h: _check_size(w, h, max_pixels, "input image"))
     if image.had_alpha:
         _stats(quiet, "rdeic: warning: the alpha channel is not coded; composited over white")
-    model = _load(model_dir, device, threads)
+    model = _load(model_dir, device, threads, half)
     from . import codec
 
     t0 = time.perf_counter()
@@ -156,7 +160,8 @@ def encode(input_path, output, lam, model_dir, device, threads, quiet, force, ma
 @threads_option
 @quiet_option
 @force_option
-def decode(input_path, output, steps, detail, max_pixels, model_dir, device, threads, quiet, force):
+@half_option
+def decode(input_path, output, steps, detail, max_pixels, model_dir, device, threads, quiet, force, half):
     """Decompress an .rdc file ('-' for stdin) to an image (PNG, or by OUTPUT's extension; '-' for stdout)."""
     from .imageio import check_output, encode_image, output_format, read_input, write_output
 
@@ -166,7 +171,7 @@ def decode(input_path, output, steps, detail, max_pixels, model_dir, device, thr
     from .container import unpack
 
     unpack(data)  # a damaged or foreign file fails here, before the model is loaded
-    model = _load(model_dir, device, threads)
+    model = _load(model_dir, device, threads, half)
     from . import codec
 
     t0 = time.perf_counter()
@@ -316,8 +321,9 @@ def _csv_list(kind):
 @threads_option
 @quiet_option
 @force_option
+@half_option
 def eval_command(folder, lambdas, steps, baselines, out_dir, limit, detail, crop, metric_modules,
-                 model_dir, device, threads, quiet, force):
+                 model_dir, device, threads, quiet, force, half):
     """Evaluate rdeic on the images in FOLDER against baseline codecs at matched rates.
 
     Every image is encoded to an .rdc file per λ and decoded per step count; each baseline gets the
@@ -365,7 +371,7 @@ def eval_command(folder, lambdas, steps, baselines, out_dir, limit, detail, crop
             Image.open(path).close()
         except Exception as e:  # noqa: BLE001 - any reason becomes one line naming the file
             fail(f"{path}: not a readable image ({e})")
-    model = _load(model_dir, device, threads)
+    model = _load(model_dir, device, threads, half)
     from . import codec
 
     for lam in lambdas:
@@ -376,7 +382,7 @@ def eval_command(folder, lambdas, steps, baselines, out_dir, limit, detail, crop
 
     meta = {"rdeic_version": __version__, "torch_version": torch.__version__,
             "model_dir": os.path.abspath(model_dir or DEFAULT_MODEL), "model_name": model.config.get("name"), "model_id": model.model_id.hex(),
-            "device": str(next(model.parameters()).device), "threads": torch.get_num_threads(),
+            "device": str(next(model.parameters()).device), "threads": torch.get_num_threads(), "half": half,
             "folder": os.path.abspath(folder), "started": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
     settings = EvalSettings(lambdas, steps, baselines, detail, crop)
     if old_report:  # --force: the old run's files would otherwise linger beside the new ones

@@ -16,6 +16,7 @@ import torch
 from . import container
 from .entropy.latent_coder import GaussianModels, LatentDecoder, LatentEncoder
 from .entropy.tables import ScaleTable
+from .model import network_dtype
 from .networks.autoencoder import decode_latent, encoder_feature
 from .networks.control import unet_forward
 from .sampler import MAX_STEPS, relay_sample
@@ -94,7 +95,8 @@ def encode(model, image: np.ndarray, lam: float) -> EncodeResult:
     device = next(model.parameters()).device
     x = _to_tensor(pad_image(image), device)
     lam_t = torch.tensor([lam], device=device)
-    y, indices = model.compression.analyse(encoder_feature(model.vae, x), lam_t)
+    feature = encoder_feature(model.vae, x.to(network_dtype(model.vae))).float()  # float16 VAE: see use_half
+    y, indices = model.compression.analyse(feature, lam_t)
     path = model.entropy_path()
     table, gaussians = _coders(model)
     coder = LatentEncoder(table, gaussians)
@@ -172,13 +174,17 @@ def decode(model, data: bytes, steps: int = 5, detail: float = 1.0, max_pixels: 
     latent = z_c
     if steps > 0:
         context = model.unet.context.to(device)
+        # The sampler's arithmetic stays float32; the networks run in their own dtype (float16 with use_half).
+        dtype = network_dtype(model.unet)
+        guide = guide.to(dtype)
 
         def eps_fn(x, t):
+            x = x.to(dtype)
             controlled = unet_forward(model.unet, x, t, context, model.control(x, t, guide, context)) if detail else None
             if detail == 1.0:
-                return controlled
-            bare = unet_forward(model.unet, x, t, context)
-            return bare if controlled is None else bare + detail * (controlled - bare)
+                return controlled.float()
+            bare = unet_forward(model.unet, x, t, context).float()
+            return bare if controlled is None else bare + detail * (controlled.float() - bare)
 
         generator = torch.Generator().manual_seed(seed)
         latent = relay_sample(model.config["diffusion"], z_c, eps_fn, steps, generator, progress)
@@ -186,5 +192,5 @@ def decode(model, data: bytes, steps: int = 5, detail: float = 1.0, max_pixels: 
         # SD's VAE decoder at full resolution needs far more memory than the rest; diffusers then decodes
         # latents larger than its 64×64 tile (images over 512 px) in overlapping, blended tiles.
         model.vae.enable_tiling()
-    out = decode_latent(model.vae, latent)
+    out = decode_latent(model.vae, latent.to(network_dtype(model.vae)))
     return _to_uint8(out[:, :, : header.height, : header.width])

@@ -35,6 +35,11 @@ def test_encode_info_decode_with_tiny_model(tiny_model_dir, tmp_path):
     dec = run("decode", tmp_path / "a.rdc", tmp_path / "b.png", "--steps", "2", "--model", tiny_model_dir, "-q")
     assert dec.returncode == 0 and dec.stderr == b""
     assert Image.open(tmp_path / "b.png").size == (120, 80)
+    half = run("decode", tmp_path / "a.rdc", tmp_path / "c.png", "--steps", "2", "--model", tiny_model_dir, "-q",
+               "--half")
+    assert half.returncode == 0, half.stderr
+    diff = np.abs(np.asarray(Image.open(tmp_path / "c.png"), float) - np.asarray(Image.open(tmp_path / "b.png"), float))
+    assert diff.mean() < 1.0
 
 
 def test_pipes_through_stdin_and_stdout(tiny_model_dir, tmp_path):

@@ -5,6 +5,7 @@ import stat
 
 import numpy as np
 import pytest
+import torch
 
 from rdeic_codec import codec, container
 
@@ -71,3 +72,21 @@ def test_written_model_files_follow_the_umask(tmp_path):
         os.umask(old)
     modes = {name: stat.S_IMODE(os.stat(os.path.join(folder, name)).st_mode) for name in os.listdir(folder)}
     assert modes and all(mode == 0o644 for mode in modes.values()), modes
+
+
+def test_half_precision_decodes_the_same_files_to_nearly_the_same_pixels(tiny_model, tiny_model_dir):
+    from rdeic_codec.model import load_model
+
+    half = load_model(tiny_model_dir, half=True)
+    assert half.unet.dtype == half.vae.dtype == torch.float16
+    assert next(half.compression.parameters()).dtype == torch.float32  # it defines the bitstream
+    image = smooth_image(64, 96)
+    data = codec.encode(tiny_model, image, 1.0).data
+    full = codec.decode(tiny_model, data, steps=2).astype(float)
+    rounded = codec.decode(half, data, steps=2).astype(float)
+    assert rounded.shape == full.shape
+    assert np.abs(rounded - full).mean() < 1.0  # float16 rounding, not a different image
+    # A file written in half precision is an ordinary file: the float32 model decodes it.
+    half_data = codec.encode(half, image, 1.0).data
+    assert codec.decode(tiny_model, half_data, steps=2).shape == image.shape
+    assert abs(len(half_data) - len(data)) <= 0.05 * len(data) + 4
