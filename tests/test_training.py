@@ -143,5 +143,6 @@ def test_training_can_start_from_a_finished_model(folders, tmp_path):
                 v, tuned[k] = v[used], tuned[k][used]
             torch.testing.assert_close(tuned[k], v, atol=1e-3, rtol=0), (part, k)
     assert b.config["training"]["stages"][-1] == "finetune" and a.model_id != b.model_id
+    assert b.config["training"]["steps"] == {**a.config["training"]["steps"], "finetune": 1}
     image = smooth_image(64, 64)
     assert codec.decode(b, codec.encode(b, image, 1.0).data, steps=2).shape == image.shape

@@ -43,6 +43,8 @@ def seed_work_from_model(model_dir: str, work: str, log=print) -> list[str]:
         if any(os.path.exists(os.path.join(folder, f)) for f in ("done", "checkpoint.safetensors", "vae")):
             continue
         os.makedirs(folder, exist_ok=True)
+        state = {"step": steps.get(stage), "param_groups": [], "optim_scalars": {},
+                 "extra": {"from_model": model.config["model_id"]}}
         if stage == "autoencoder":
             model.vae.save_pretrained(os.path.join(folder, "vae"))
         else:
@@ -57,10 +59,8 @@ def seed_work_from_model(model_dir: str, work: str, log=print) -> list[str]:
                         key = f"unet.{key}"
                     tensors[f"model.{name}.{key}"] = value.detach().contiguous()
             save_file(tensors, os.path.join(folder, "checkpoint.safetensors"))
-            state = {"step": steps.get(stage), "param_groups": [], "optim_scalars": {},
-                     "extra": {"from_model": model.config["model_id"]}}
-            with open(os.path.join(folder, "state.json"), "w") as f:
-                json.dump(state, f)
+        with open(os.path.join(folder, "state.json"), "w") as f:  # the iteration count the model's config gives
+            json.dump(state, f)
         open(os.path.join(folder, "done"), "w").close()
         seeded.append(stage)
     if seeded:
