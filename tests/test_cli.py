@@ -72,6 +72,10 @@ def test_training_on_unusable_folders_is_one_line(tmp_path):
     (tmp_path / "train" / "small.png").unlink()
     out = run("train", tmp_path / "train", tmp_path / "valid", "--work", tmp_path / "work2", "--profile", "tiny")
     assert out.returncode != 0 and out.stderr.decode().strip() == f"rdeic: error: no images in {tmp_path / 'train'}"
+    out = run("train", tmp_path / "train", tmp_path / "valid", "--work", tmp_path / "work3", "--from", tmp_path / "valid")
+    err = out.stderr.decode().strip()
+    assert out.returncode != 0 and err.count("\n") == 0 and "not an rdeic model directory" in err, err
+    assert not (tmp_path / "work3").exists()
 
 
 @pytest.mark.skipif(not os.path.isdir(SHIPPED_MODEL), reason="the shipped model is missing")

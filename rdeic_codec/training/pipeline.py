@@ -54,7 +54,8 @@ def run(train_dir: str, valid_dir: str, work: str, output: str | None, profile: 
     from .stage_finetune import train_finetune
     from .stage_rdeic import estimate_index_prior, train_stage1
 
-    steps = {"autoencoder": 2500, "decoder": 2000, "denoiser": 2000, "compression": 2000, "stage1": 1500, "finetune": 1000,
+    # The defaults are the shipped model's iteration counts (see its model card).
+    steps = {"autoencoder": 2500, "decoder": 600, "denoiser": 2100, "compression": 1800, "stage1": 2200, "finetune": 2000,
              **(steps or {})}
     rt = runtime(device)
     if not rt.is_main:
