@@ -66,4 +66,3 @@ def seed_work_from_model(model_dir: str, work: str, log=print) -> list[str]:
     if seeded:
         log(f"started from model {model.config['model_id']} ({model_dir}): {', '.join(seeded)} taken as finished")
     return seeded
-
