@@ -9,14 +9,18 @@ import torch
 from safetensors.torch import load_file, save_file
 
 
-def save_checkpoint(folder: str, modules: dict, optimizer, step: int, extra: dict | None = None) -> None:
-    """Write ``folder/checkpoint.safetensors`` and ``folder/state.json`` atomically."""
+def save_checkpoint(folder: str, modules: dict, optimizer, step: int | None, extra: dict | None = None) -> None:
+    """Write ``folder/checkpoint.safetensors`` and ``folder/state.json`` atomically.
+
+    Args:
+        optimizer: its moments are saved too; None for weights alone (a stage taken from a finished model).
+    """
     os.makedirs(folder, exist_ok=True)
     tensors = {}
     for name, module in modules.items():
         for key, value in module.state_dict().items():
             tensors[f"model.{name}.{key}"] = value.detach().contiguous().cpu()
-    opt_state = optimizer.state_dict()
+    opt_state = optimizer.state_dict() if optimizer is not None else {"state": {}, "param_groups": []}
     scalars = {}
     for pid, state in opt_state["state"].items():
         for key, value in state.items():

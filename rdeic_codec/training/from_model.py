@@ -8,18 +8,28 @@ model, and the latent cache is rebuilt from its encoder.
 
 from __future__ import annotations
 
-import json
 import os
 
-from safetensors.torch import save_file
+from .checkpoint import save_checkpoint
 
-# What each stage's checkpoint holds, as (checkpoint module name, model part) pairs.
-_STAGE_PARTS = {
-    "denoiser": (("denoiser", "unet"),),
-    "compression": (("compression", "compression"),),
-    "stage1": (("compression", "compression"), ("control", "control")),
-    "finetune": (("compression", "compression"), ("control", "control")),
-}
+
+def _stage_modules(model, stage: str) -> dict:
+    """The modules a stage's checkpoint holds, under the names the stage itself saves them by."""
+    if stage == "autoencoder":
+        return {"vae": model.vae}
+    if stage == "denoiser":
+        import torch
+
+        from .stage_denoiser import BaseDenoiser
+
+        base = BaseDenoiser(model.config)
+        base.unet.load_state_dict(model.unet.state_dict())
+        with torch.no_grad():
+            base.context.copy_(model.unet.context)  # the base denoiser keeps the learned context as a parameter
+        return {"denoiser": base}
+    if stage == "compression":
+        return {"compression": model.compression}
+    return {"compression": model.compression, "control": model.control}
 
 
 def seed_work_from_model(model_dir: str, work: str, log=print) -> list[str]:
@@ -42,25 +52,11 @@ def seed_work_from_model(model_dir: str, work: str, log=print) -> list[str]:
         folder = os.path.join(work, stage)
         if any(os.path.exists(os.path.join(folder, f)) for f in ("done", "checkpoint.safetensors", "vae")):
             continue
-        os.makedirs(folder, exist_ok=True)
-        state = {"step": steps.get(stage), "param_groups": [], "optim_scalars": {},
-                 "extra": {"from_model": model.config["model_id"]}}
+        # The iteration count the model's config gives, so that the written model reports it again.
+        save_checkpoint(folder, _stage_modules(model, stage), None, steps.get(stage),
+                        extra={"from_model": model.config["model_id"]})
         if stage == "autoencoder":
             model.vae.save_pretrained(os.path.join(folder, "vae"))
-        else:
-            tensors = {}
-            for name, part in _STAGE_PARTS[stage]:
-                for key, value in model.component(part).state_dict().items():
-                    if part == "unet" and key == "context":
-                        # The base denoiser keeps the learned context as its own parameter.
-                        tensors["model.denoiser.context"] = value.detach().clone()
-                        key = "unet.context"
-                    elif part == "unet":
-                        key = f"unet.{key}"
-                    tensors[f"model.{name}.{key}"] = value.detach().contiguous()
-            save_file(tensors, os.path.join(folder, "checkpoint.safetensors"))
-        with open(os.path.join(folder, "state.json"), "w") as f:  # the iteration count the model's config gives
-            json.dump(state, f)
         open(os.path.join(folder, "done"), "w").close()
         seeded.append(stage)
     if seeded:
