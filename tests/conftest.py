@@ -13,22 +13,30 @@ SHIPPED_MODEL = os.path.join(ROOT, "models", "rdeic-small")
 VALID_DIR = os.path.join(os.path.dirname(ROOT), "shared", "data", "valid")
 
 
-def make_tiny_model(folder: str, seed: int = 0) -> str:
+def make_tiny_model(folder: str, seed: int = 0, profile: str = "tiny") -> str:
     from rdeic_codec.model import RDEICModel, save_model
     from rdeic_codec.profiles import get_profile
 
     torch.manual_seed(seed)
-    model = RDEICModel(get_profile("tiny"))
+    model = RDEICModel(get_profile(profile))
     # Non-zero control, so tests see the control path do something.
     for conv in list(model.control.enc_zero_convs) + [model.control.middle_zero_conv] + list(model.control.dec_zero_convs):
         torch.nn.init.normal_(conv.weight, std=0.05)
-    save_model(model, folder, name="tiny-test")
+    save_model(model, folder, name=f"{profile}-test")
     return folder
 
 
 @pytest.fixture(scope="session")
 def tiny_model_dir(tmp_path_factory) -> str:
     return make_tiny_model(str(tmp_path_factory.mktemp("tiny-model")))
+
+
+@pytest.fixture(scope="session")
+def tiny_shuffle_model(tmp_path_factory):
+    """The tiny model with the small profile's autoencoder (ShuffleAutoencoder)."""
+    from rdeic_codec.model import load_model
+
+    return load_model(make_tiny_model(str(tmp_path_factory.mktemp("tiny-shuffle")), profile="tiny-shuffle"))
 
 
 @pytest.fixture(scope="session")

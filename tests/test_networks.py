@@ -55,3 +55,22 @@ def test_gains_interpolate_in_log_lambda():
     assert torch.all(mean_gain[1:] > mean_gain[:-1])  # more bits as λ grows, at initialisation
     g_lo, _ = comp.gains(torch.tensor([0.1]))
     assert torch.allclose(g_lo[0, :, 0, 0], comp.log_gain[0].exp())
+
+
+def test_the_shuffle_autoencoder_has_no_full_resolution_convolution():
+    """Every convolution of the small profile's autoencoder runs at 1/4 or 1/8 of the image's size."""
+    from rdeic_codec.networks.autoencoder import build_vae, decode_latent, encoder_feature, latent_from_feature
+
+    vae = build_vae(get_profile("small")["vae"])
+    sizes = []
+    hooks = [m.register_forward_hook(lambda m, i, o: sizes.append(i[0].shape[-1]))
+             for m in vae.modules() if isinstance(m, torch.nn.Conv2d)]
+    x = torch.zeros(1, 3, 64, 96)
+    with torch.no_grad():
+        feature = encoder_feature(vae, x)
+        latent = latent_from_feature(vae, feature)
+        out = decode_latent(vae, latent)
+    for h in hooks:
+        h.remove()
+    assert feature.shape == (1, 128, 8, 12) and latent.shape == (1, 16, 8, 12) and out.shape == x.shape
+    assert sizes and max(sizes) <= 96 // 4

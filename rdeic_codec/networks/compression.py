@@ -204,7 +204,7 @@ class CompressionModule(nn.Module):
         self.h_s = hyper_synthesis(cfg)
         self.context = EntropyContext(cfg)
         self.g_s = synthesis(cfg)
-        self.out = conv3x3(cfg["guide_channels"], 4)
+        self.out = conv3x3(cfg["guide_channels"], cfg.get("latent_channels", 4))
         lambdas = cfg.get("lambdas")
         if lambdas:
             log_l = torch.tensor([math.log(v) for v in lambdas])

@@ -59,6 +59,16 @@ class ImageFolderCrops:
             out = out[:, ::-1]
         return out
 
+    def center_batch(self, side: int) -> torch.Tensor:
+        """The central side×side crop of every image (smaller images are skipped), in [-1, 1]."""
+        crops = []
+        for im in self.images:
+            h, w = im.shape[:2]
+            if min(h, w) >= side:
+                y, x = (h - side) // 2, (w - side) // 2
+                crops.append(im[y : y + side, x : x + side])
+        return torch.from_numpy(np.stack(crops)).permute(0, 3, 1, 2).float().div(127.5).sub(1.0)
+
     def batch(self, size: int, indices=None) -> torch.Tensor:
         """A (size, 3, crop, crop) float batch in [-1, 1]."""
         if indices is None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 
+from ..networks.autoencoder import save_autoencoder
 from .checkpoint import save_checkpoint
 
 
@@ -56,7 +57,7 @@ def seed_work_from_model(model_dir: str, work: str, log=print) -> list[str]:
         save_checkpoint(folder, _stage_modules(model, stage), None, steps.get(stage),
                         extra={"from_model": model.config["model_id"]})
         if stage == "autoencoder":
-            model.vae.save_pretrained(os.path.join(folder, "vae"))
+            save_autoencoder(model.vae, os.path.join(folder, "vae"))
         open(os.path.join(folder, "done"), "w").close()
         seeded.append(stage)
     if seeded:

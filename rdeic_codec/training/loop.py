@@ -88,7 +88,8 @@ class Trainer:
         self._mode(train=False)
         with torch.no_grad():
             message = validate()
-        self.log(f"step {step} valid {message} ({time.time() - t0:.0f} s)")
+        # CPU time (all threads of this process) is what the learning curves are plotted against.
+        self.log(f"step {step} valid {message} ({time.time() - t0:.0f} s, {time.process_time() / 60:.1f} CPU-min)")
 
     def _mode(self, train: bool) -> None:
         for module in self.trained.values():

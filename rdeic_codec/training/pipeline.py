@@ -44,8 +44,7 @@ def run(train_dir: str, valid_dir: str, work: str, output: str | None, profile: 
         start_from: a model directory whose parts stand in for the stages that made it
             (see :mod:`.from_model`), so that the remaining stages refine it.
     """
-    from diffusers import AutoencoderKL
-
+    from ..networks.autoencoder import load_autoencoder, scaling_factor
     from .checkpoint import load_checkpoint
     from .latent_cache import build_cache
     from .stage_autoencoder import train_autoencoder
@@ -83,8 +82,10 @@ def run(train_dir: str, valid_dir: str, work: str, output: str | None, profile: 
         _mark_done(work, "decoder")
     # The decoder stage leaves the encoder as it is, so the cache and later stages do not depend on it.
     vae_stage = "decoder" if _done(work, "decoder") else "autoencoder"
-    vae = AutoencoderKL.from_pretrained(os.path.join(work, vae_stage, "vae"), low_cpu_mem_usage=False).eval()
-    config["vae"]["scaling_factor"] = float(vae.config.scaling_factor)
+    if not output and not any(s in stages for s in STAGES[2:]):
+        return
+    vae = load_autoencoder(os.path.join(work, vae_stage, "vae")).eval()
+    config["vae"]["scaling_factor"] = float(scaling_factor(vae))
     train_cache, valid_cache = os.path.join(work, "cache-train.safetensors"), os.path.join(work, "cache-valid.safetensors")
     if rt.is_main:
         build_cache(vae, train_dir, train_cache, log=log)

@@ -12,23 +12,22 @@ from __future__ import annotations
 import os
 
 import torch
-from diffusers import AutoencoderKL
 
+from ..networks.autoencoder import decoder_modules, encode_image, decode_latent, load_autoencoder, save_autoencoder
 from .data import ImageFolderCrops
 from .loop import Trainer
 from .stage_autoencoder import reconstruction_loss
 
 
-def decoder_parameters(vae: AutoencoderKL) -> list:
+def decoder_parameters(vae) -> list:
     """What this stage trains: everything after the latent."""
-    modules = [vae.decoder] + ([vae.post_quant_conv] if vae.post_quant_conv is not None else [])
-    return [p for m in modules for p in m.parameters()]
+    return [p for m in decoder_modules(vae) for p in m.parameters()]
 
 
-def _loss(vae: AutoencoderKL, x: torch.Tensor):
+def _loss(vae, x: torch.Tensor):
     with torch.no_grad():
-        z = vae.encode(x).latent_dist.mean
-    return reconstruction_loss(vae.decode(z).sample, x)
+        z = encode_image(vae, x)
+    return reconstruction_loss(decode_latent(vae, z), x)
 
 
 def train_decoder(vae_dir: str, train_dir: str, valid_dir: str, work_dir: str, steps: int,
@@ -37,13 +36,13 @@ def train_decoder(vae_dir: str, train_dir: str, valid_dir: str, work_dir: str, s
     """Fine-tune (or resume) the decoder of the autoencoder in ``vae_dir``; writes ``work_dir/vae``.
 
     Args:
-        vae_dir: the trained autoencoder (a diffusers folder); its encoder is left as it is.
+        vae_dir: the trained autoencoder (a folder from ``save_autoencoder``); its encoder is left as it is.
         train_dir, valid_dir: image folders.
         work_dir: where checkpoints and the refined autoencoder go.
         steps: total iterations (a resumed run goes on to this count).
     """
     torch.manual_seed(seed)
-    vae = AutoencoderKL.from_pretrained(vae_dir, low_cpu_mem_usage=False)
+    vae = load_autoencoder(vae_dir)
     vae.requires_grad_(False)
     params = decoder_parameters(vae)
     for p in params:
@@ -58,6 +57,6 @@ def train_decoder(vae_dir: str, train_dir: str, valid_dir: str, work_dir: str, s
 
     trainer.run(lambda x: _loss(vae, x), lambda: (data.batch(batch).to(dev),), validate)
     if trainer.rt.is_main:
-        vae.to("cpu").save_pretrained(os.path.join(work_dir, "vae"))
+        save_autoencoder(vae.to("cpu"), os.path.join(work_dir, "vae"))
         trainer.log(f"saved {os.path.join(work_dir, 'vae')}")
     trainer.rt.barrier()
