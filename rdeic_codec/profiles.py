@@ -94,6 +94,8 @@ SMALL = {
         "type": "shuffle",
         "in_channels": 3,
         "latent_channels": 16,
+        # Training only: the rate term is the coded size of rounded y (see CompressionModule.forward).
+        "rate_proxy": "hard",
         "channels": [64, 128],
         "blocks": [2, 3],
         "scaling_factor": 1.0,

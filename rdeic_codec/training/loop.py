@@ -7,6 +7,7 @@ the rest the same way for all of them, on one CPU or on several GPUs under torch
 
 from __future__ import annotations
 
+import os
 import time
 
 import torch
@@ -43,6 +44,8 @@ class Trainer:
         self.opt = torch.optim.AdamW(self.params, lr=lr, weight_decay=0.0)
         meta = load_checkpoint(work_dir, trained, self.opt)
         self.start = meta["step"] if meta else 0
+        # CPU seconds spent on this stage by earlier runs, so that a resumed stage's curve goes on.
+        self.cpu_before = float((meta or {}).get("extra", {}).get("cpu_s", 0.0))
         self.progress = Progress(steps, self.start, name, enabled=self.rt.is_main)
 
     @property
@@ -80,16 +83,25 @@ class Trainer:
             self.progress.update(step + 1, loss=loss.item(), **logs)
             if ((step + 1) % self.save_every == 0 or step + 1 == self.steps) and self.rt.is_main:
                 self._validate(validate, step + 1, t0)
-                save_checkpoint(self.work_dir, self.trained, self.opt, step + 1)
+                save_checkpoint(self.work_dir, self.trained, self.opt, step + 1, extra={"cpu_s": self.cpu_seconds()})
         self._mode(train=False)
         self.rt.barrier()
+
+    def cpu_seconds(self) -> float:
+        """CPU time (all threads of this process) this stage has cost so far, earlier runs included."""
+        return self.cpu_before + time.process_time()
 
     def _validate(self, validate, step: int, t0: float) -> None:
         self._mode(train=False)
         with torch.no_grad():
             message = validate()
-        # CPU time (all threads of this process) is what the learning curves are plotted against.
-        self.log(f"step {step} valid {message} ({time.time() - t0:.0f} s, {time.process_time() / 60:.1f} CPU-min)")
+        # CPU time is what the learning curves are plotted against (on a shared machine, wall time lies).
+        line = f"step {step} valid {message} ({time.time() - t0:.0f} s, {self.cpu_seconds() / 60:.1f} CPU-min)"
+        self.log(line)
+        # Kept beside the checkpoint, so the curve of a stage survives restarts (tools/learning_curves.py).
+        os.makedirs(self.work_dir, exist_ok=True)
+        with open(os.path.join(self.work_dir, "valid.log"), "a") as f:
+            f.write(line + "\n")
 
     def _mode(self, train: bool) -> None:
         for module in self.trained.values():
