@@ -94,8 +94,6 @@ SMALL = {
         "type": "shuffle",
         "in_channels": 3,
         "latent_channels": 16,
-        # Training only: the rate term is the coded size of rounded y (see CompressionModule.forward).
-        "rate_proxy": "hard",
         "channels": [64, 128],
         "blocks": [2, 3],
         "scaling_factor": 1.0,
@@ -125,6 +123,8 @@ SMALL = {
     "compression": {
         "feature_channels": 128,
         "latent_channels": 16,
+        # Training only: the rate term is the coded size of rounded y (see CompressionModule.forward).
+        "rate_proxy": "hard",
         "feature_scale": 0.18215,
         "N": 64,
         "M": 128,
