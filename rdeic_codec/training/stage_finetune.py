@@ -20,7 +20,7 @@ from .data import ImageFolderCrops
 from .file_rate import file_bpp, validation_images
 from .loop import Trainer
 from .losses import ms_ssim_loss
-from .stage_rdeic import sample_lambdas
+from .stage_rdeic import distortion_weight, sample_lambdas
 
 PERCEPTUAL_WEIGHT = 0.5
 
@@ -42,6 +42,7 @@ def finetune_loss(model, x: torch.Tensor, lam: torch.Tensor, steps: int, generat
     perceptual = ms_ssim_loss(rec, x)
     mse_zc = (out["z_c"] - z).pow(2).flatten(1).mean(1)
     bpp = out["bits"] / (x.shape[2] * x.shape[3])
+    lam = distortion_weight(model, lam)
     loss = (lam * (mse + PERCEPTUAL_WEIGHT * perceptual + mse_zc)).mean() + bpp.mean() + out["vq_loss"]
     return loss, {"bpp": bpp.mean().item(), "mse": mse.mean().item(), "msssim": 1 - perceptual.mean().item()}
 

@@ -33,9 +33,16 @@ def sample_lambdas(n: int, lo: float, hi: float, generator) -> torch.Tensor:
     return torch.exp(math.log(lo) + u * (math.log(hi) - math.log(lo)))
 
 
+def distortion_weight(model, lam: torch.Tensor) -> torch.Tensor:
+    """λ times the model's ``distortion_scale`` (default 1): the scale maps a profile's latent MSE onto
+    the paper's rate range for its λ values (λ = 0.1 → about 0.025 bpp, λ = 2 → about 0.12)."""
+    return lam * model.compression.cfg.get("distortion_scale", 1.0)
+
+
 def compression_loss(model, feature, z, lam):
     """The pretraining loss of the compression module alone; returns (loss, logs)."""
     out = model.compression(feature, lam)
+    lam = distortion_weight(model, lam)
     mse_zc = (out["z_c"] - z).pow(2).flatten(1).mean(1)
     bpp = out["bits"] / (z.shape[2] * z.shape[3] * 64)
     loss = (2 * lam * mse_zc).mean() + bpp.mean() + out["vq_loss"]
@@ -45,6 +52,7 @@ def compression_loss(model, feature, z, lam):
 def stage1_loss(model, feature, z, lam, t, ab, relay_start: int, generator):
     """One stage-1 loss evaluation; returns (loss, logs)."""
     out = model.compression(feature, lam)
+    lam = distortion_weight(model, lam)
     z_c = out["z_c"]
     lam_r = math.sqrt(1.0 / float(ab[relay_start]) - 1.0)
     eps = torch.randn(z.shape, generator=generator).to(z.device) + (z_c - z) / lam_r
