@@ -16,7 +16,7 @@ import torch
 from ..networks.autoencoder import decoder_modules, encode_image, decode_latent, load_autoencoder, save_autoencoder
 from .data import ImageFolderCrops
 from .loop import Trainer
-from .stage_autoencoder import reconstruction_loss
+from .stage_autoencoder import VALID_SIDE, mean_psnr, reconstruction_loss
 
 
 def decoder_parameters(vae) -> list:
@@ -50,10 +50,10 @@ def train_decoder(vae_dir: str, train_dir: str, valid_dir: str, work_dir: str, s
     trainer = Trainer("decoder", work_dir, {"vae": vae}, steps, lr, params=params, save_every=save_every)
     data = ImageFolderCrops(train_dir, crop, seed=trainer.seed(seed + 7919))
     dev = trainer.device
-    valid = ImageFolderCrops(valid_dir, 256, seed=1).batch(8, indices=range(8)).to(dev)  # fixed crops: comparable
+    valid = ImageFolderCrops(valid_dir, VALID_SIDE, seed=1).center_batch(VALID_SIDE).to(dev)  # as the autoencoder stage
 
     def validate() -> str:
-        return f"psnr {_loss(vae, valid)[1]['psnr']:.2f} dB"
+        return f"psnr {mean_psnr(vae, valid):.2f} dB ({len(valid)} centre crops)"
 
     trainer.run(lambda x: _loss(vae, x), lambda: (data.batch(batch).to(dev),), validate)
     if trainer.rt.is_main:
