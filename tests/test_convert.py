@@ -281,12 +281,23 @@ def rdeic_spec(cfg):
             _conv(spec, q + "4.", c2, 4 * c2 // 3, 1)
     spec[p + "quantize.embedding.weight"] = (k["codebook_size"], h)
     spec[p + "quantize.embed_prob"] = (k["codebook_size"],)
-    # compressai's GaussianConditional buffers, empty in the training files.
-    for n in ("_quantized_cdf", "_offset", "_cdf_length", "scale_table"):
-        spec[f"{p}gaussian_conditional.{n}"] = (0,)
+    spec.update(gaussian_conditional_state(p + "gaussian_conditional."))
     spec.update(schedule_spec())
     spec.update(lpips_spec())
     return spec
+
+
+def gaussian_conditional_state(prefix):
+    """What ``compressai.entropy_models.GaussianConditional(None).state_dict()`` holds in compressai 1.2.4
+    (read from its source: EntropyModel and LowerBound register these buffers, all persistent): the CDF
+    tables, empty until ``update()``, and three constants. Values are tensors, not shapes: they are
+    written to the fixture files as they are."""
+    empty_int = torch.zeros(0, dtype=torch.int32)
+    return {prefix + "_offset": empty_int, prefix + "_quantized_cdf": empty_int.clone(),
+            prefix + "_cdf_length": empty_int.clone(), prefix + "scale_table": torch.zeros(0),
+            prefix + "scale_bound": torch.tensor([0.11]),
+            prefix + "likelihood_lower_bound.bound": torch.tensor([1e-9]),
+            prefix + "lower_bound_scale.bound": torch.tensor([0.11])}
 
 
 def lpips_spec():
@@ -302,7 +313,9 @@ def random_state(spec, seed):
     g = torch.Generator().manual_seed(seed)
     out = {}
     for key, shape in spec.items():
-        if len(shape) == 0 or 0 in shape:
+        if isinstance(shape, torch.Tensor):  # a buffer with a fixed value
+            out[key] = shape.clone()
+        elif len(shape) == 0 or 0 in shape:
             out[key] = torch.zeros(shape)
         elif key.endswith("bias") or key.endswith("in_proj_bias"):
             out[key] = 0.1 * torch.randn(shape, generator=g)
@@ -621,8 +634,7 @@ def test_convert_writes_a_loadable_model(checkpoints):
     ignored = {k for k, _ in checkpoints["result"].ignored}
     # Exactly the recomputable/unused keys are ignored, and they are listed.
     expected = set(schedule_spec()) | {"model_ema.decay", "model_ema.num_updates"}
-    expected |= {f"preprocess_model.gaussian_conditional.{n}" for n in ("_quantized_cdf", "_offset", "_cdf_length",
-                                                                         "scale_table")}
+    expected |= set(gaussian_conditional_state("preprocess_model.gaussian_conditional."))
     expected |= {cv.TEXT_PREFIX + n for n in ("text_projection", "logit_scale")} | set(lpips_spec())
     last = f"{cv.TEXT_PREFIX}transformer.resblocks.{TEXT_LAYERS - 1}."
     expected |= {k for k in checkpoints["sd"] if k.startswith(last)}
@@ -750,6 +762,40 @@ def test_unknown_missing_and_misshaped_keys_are_listed(checkpoints, tmp_path):
     assert not os.path.exists(tmp_path / "m")
 
 
+def test_compressai_constants_are_checked(checkpoints, tmp_path):
+    """The released files hold compressai's CDF tables filled by ``update()`` and its three constants:
+    filled tables are ignored whatever their size, and a constant rdeic does not implement is refused."""
+    p = "preprocess_model.gaussian_conditional."
+    filled = dict(checkpoints["rdeic"])
+    filled[p + "scale_table"] = torch.exp(torch.linspace(math.log(0.11), math.log(256), 64))
+    filled[p + "_offset"] = torch.full((64,), -3, dtype=torch.int32)
+    filled[p + "_cdf_length"] = torch.full((64,), 9, dtype=torch.int32)
+    filled[p + "_quantized_cdf"] = torch.zeros(64, 20, dtype=torch.int32)
+    path = str(tmp_path / "rdeic_2_step2.ckpt")
+    torch.save({"state_dict": filled}, path)
+    result = cv.convert(path, str(tmp_path / "ok"), sd_path=checkpoints["sd_path"], profile="tiny")
+    assert result.model_id == checkpoints["result"].model_id
+    for key, value in ((p + "scale_bound", torch.tensor([0.2])),
+                       (p + "likelihood_lower_bound.bound", torch.tensor([1e-6]))):
+        bad = dict(checkpoints["rdeic"])
+        bad[key] = value
+        torch.save({"state_dict": bad}, path)
+        with pytest.raises(cv.ConvertError, match=key.replace(".", r"\.") + " is "):
+            cv.convert(path, str(tmp_path / "m"), sd_path=checkpoints["sd_path"], profile="tiny")
+        assert not os.path.exists(tmp_path / "m")
+
+
+def test_fixture_holds_what_compressai_saves():
+    """The fixture's GaussianConditional keys are what compressai's module saves (when it is installed)."""
+    entropy_models = pytest.importorskip("compressai.entropy_models")
+    saved = entropy_models.GaussianConditional(None).state_dict()
+    ours = gaussian_conditional_state("")
+    assert saved.keys() == ours.keys()
+    for key, value in saved.items():
+        assert value.dtype == ours[key].dtype and value.shape == ours[key].shape, key
+        assert torch.equal(value, ours[key]), key
+
+
 def test_no_text_tower_needs_context(checkpoints, tmp_path):
     from safetensors.torch import save_file
 
@@ -850,7 +896,8 @@ def test_paper_size_key_set_maps_completely():
     cfg["compression"]["lambdas"] = None
     spec = sd_spec(cfg, 24)
     spec.update(rdeic_spec(cfg))
-    state = {k: torch.empty(s, device="meta") for k, s in spec.items()}
+    state = {k: torch.empty(tuple(s.shape) if isinstance(s, torch.Tensor) else s, device="meta",
+                            dtype=s.dtype if isinstance(s, torch.Tensor) else torch.float32) for k, s in spec.items()}
     mapped = cv.map_checkpoint(state, cfg)
     weights = cv.check_complete(mapped, cfg)  # raises on any unknown, missing or misshaped key
     shapes = cv.expected_shapes(cfg)
@@ -861,8 +908,8 @@ def test_paper_size_key_set_maps_completely():
     ignored = {k for k, _ in mapped.ignored}
     assert used | ignored == set(spec) and not used & ignored
     assert mapped.text_layers == 23
-    # schedule, EMA, CDF tables, projection/logit, last text layer, LPIPS
-    assert len(ignored) == 12 + 2 + 4 + 2 + 12 + len(lpips_spec())
+    # schedule, EMA, CDF tables and constants of compressai, projection/logit, last text layer, LPIPS
+    assert len(ignored) == 12 + 2 + 4 + 3 + 2 + 12 + len(lpips_spec())
     # Sizes of the paper (method file, sections 2 and 3).
     n_comp = sum(math.prod(s) for s in shapes["compression"].values())
     n_ctrl = sum(math.prod(s) for s in shapes["control"].values())
