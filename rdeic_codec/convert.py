@@ -538,6 +538,8 @@ def convert(rdeic_path: str, output: str, sd_path: str | None = None, lam: float
 
     config = get_profile(profile)
     config["compression"]["lambdas"] = None  # the authors' models have no λ gains: one model per λ
+    # Their scales were trained through compressai's lower bound, and are coded as compressai does.
+    config["entropy"]["scale_rule"] = "lower_bound_ceil"
     base, state, overridden = None, {}, 0
     if sd_path is not None and os.path.isdir(sd_path):
         folder = read_diffusers_folder(sd_path)

@@ -25,8 +25,12 @@ DIFFUSION = {
     "trained_steps": [2, 5],
 }
 
-# Coding-time tables (method file, section 2): 64 log-spaced scales from 0.11 to 256.
-ENTROPY = {"scale_min": 0.11, "scale_max": 256.0, "num_scales": 64, "mean_step_log2": -8, "max_symbol": 4096}
+# Coding-time tables (method file, section 2): 64 log-spaced scales from 0.11 to 256. ``scale_rule``
+# (rdeic_codec/entropy/tables.py) is how scale outputs map to the table: this project's models were
+# trained with |s|; the authors' (the paper profile, rdeic convert) with compressai's lower bound.
+ENTROPY = {"scale_min": 0.11, "scale_max": 256.0, "num_scales": 64, "mean_step_log2": -8, "max_symbol": 4096,
+           "scale_rule": "nearest_abs"}
+PAPER_ENTROPY = {**ENTROPY, "scale_rule": "lower_bound_ceil"}
 
 _SD21_UNET = {
     "sample_size": 64,
@@ -82,7 +86,7 @@ PAPER = {
         "lambdas": None,
     },
     "diffusion": DIFFUSION,
-    "entropy": ENTROPY,
+    "entropy": PAPER_ENTROPY,
 }
 
 SMALL = {

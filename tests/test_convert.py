@@ -629,6 +629,7 @@ def test_convert_writes_a_loadable_model(checkpoints):
     model = load_model(checkpoints["dir"])
     assert model.config["lambda"] == 2.0
     assert model.config["compression"]["lambdas"] is None
+    assert model.config["entropy"]["scale_rule"] == "lower_bound_ceil"  # coded as the authors trained it
     assert model.config["fine_tuned_steps"] == 2 and model.config["name"] == "rdeic-tiny-l2-s2"
     assert model.config["model_id"] == checkpoints["result"].model_id
     ignored = {k for k, _ in checkpoints["result"].ignored}

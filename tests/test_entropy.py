@@ -90,3 +90,60 @@ def test_range_coder_roundtrip_of_symbols():
     for s in np.unique(idx):
         out[idx == s] = dec.coder.decode(models.models[int(s)], int((idx == s).sum()))
     assert np.array_equal(out, symbols)
+
+
+ENTROPY = {"scale_min": 0.11, "scale_max": 256.0, "num_scales": 64, "mean_step_log2": -8, "max_symbol": 4096}
+
+
+def compressai_build_indexes(scales: np.ndarray, table: np.ndarray, bound: float) -> np.ndarray:
+    """compressai 1.2.4's GaussianConditional.build_indexes, transcribed: lower bound, then count down
+    from the last entry once for every entry[:-1] that is ≥ the scale."""
+    s = np.maximum(scales, bound)
+    idx = np.full(s.shape, len(table) - 1)
+    for entry in table[:-1]:
+        idx -= (s <= entry).astype(idx.dtype)
+    return idx
+
+
+def test_lower_bound_ceil_is_compressais_rule():
+    table = ScaleTable({**ENTROPY, "scale_rule": "lower_bound_ceil"})
+    rng = np.random.default_rng(0)
+    s = np.concatenate([rng.normal(0, 3, 2000), np.exp(rng.uniform(-4, 7, 2000)), table.scales,
+                        table.scales * (1 + 1e-9), table.scales * (1 - 1e-9), [-5.0, 0.0, 0.11, 1e6]])
+    got = table.scale_index(torch.from_numpy(s))
+    assert np.array_equal(got, compressai_build_indexes(s, table.scales, table.scales[0]))
+    # A negative output is the narrowest distribution, not the width of its magnitude.
+    assert table.scale_index(torch.tensor([-5.0, 5.0])).tolist() == [0, int(np.searchsorted(table.scales, 5.0))]
+    assert table.scales[table.scale_index(torch.tensor([5.0]))[0]] >= 5.0
+
+
+def test_config_without_a_scale_rule_keeps_the_nearest_abs_rule():
+    """Model directories written before scale_rule existed code exactly as before: nearest entry to |s|."""
+    rng = np.random.default_rng(1)
+    s = torch.from_numpy(np.concatenate([rng.normal(0, 3, 5000), np.exp(rng.uniform(-4, 7, 5000))]))
+    old = ScaleTable(ENTROPY)
+    log_step = (np.log(256.0) - np.log(0.11)) / 63
+    before = np.rint((np.log(s.abs().clamp(0.11, 256.0).numpy()) - np.log(0.11)) / log_step).clip(0, 63)
+    assert np.array_equal(old.scale_index(s), before.astype(np.int64))
+    assert np.array_equal(ScaleTable({**ENTROPY, "scale_rule": "nearest_abs"}).scale_index(s), before)
+    # The two rules differ: the authors' models must not be coded with ours, nor the other way round.
+    ceil = ScaleTable({**ENTROPY, "scale_rule": "lower_bound_ceil"}).scale_index(s)
+    assert (ceil != before).mean() > 0.3
+
+
+def test_unknown_scale_rule_is_a_config_error(tiny_model_dir, tmp_path):
+    import json
+    import shutil
+
+    from rdeic_codec.model import ModelError, compute_model_id, load_model
+
+    folder = str(tmp_path / "m")
+    shutil.copytree(tiny_model_dir, folder)
+    with open(f"{folder}/config.json") as f:
+        config = json.load(f)
+    config["entropy"]["scale_rule"] = "nearest"
+    config["model_id"] = compute_model_id(folder, config)
+    with open(f"{folder}/config.json", "w") as f:
+        json.dump(config, f)
+    with pytest.raises(ModelError, match="unknown scale_rule 'nearest'"):
+        load_model(folder)
