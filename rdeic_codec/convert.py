@@ -508,7 +508,7 @@ class ConvertResult:
 
 def convert(rdeic_path: str, output: str, sd_path: str | None = None, lam: float | None = None,
             context_path: str | None = None, profile: str = "paper", name: str | None = None,
-            force: bool = False) -> ConvertResult:
+            force: bool = False, dtype: str = "float32") -> ConvertResult:
     """Convert the authors' checkpoints into a model directory at ``output``.
 
     Args:
@@ -525,6 +525,9 @@ def convert(rdeic_path: str, output: str, sd_path: str | None = None, lam: float
     on file names or on the form of the SD weights (.ckpt or diffusers folder): converting the same
     checkpoints anywhere gives the same id, so .rdc files made with it can be exchanged.
         force: replace ``output`` if it exists.
+        dtype: storage of the weights: ``float32`` (the authors' values exactly) or ``float16`` (half
+            the disk; large tensors rounded, which changes rates and pixels slightly). The empty-prompt
+            context is stored in float32 either way.
     """
     parsed_lam, steps = lambda_from_name(rdeic_path)
     lam = parsed_lam if lam is None else lam
@@ -535,6 +538,8 @@ def convert(rdeic_path: str, output: str, sd_path: str | None = None, lam: float
         raise ConvertError(f"--lambda must be a positive number, got {lam}")
     if os.path.exists(output) and not force:
         raise ConvertError(f"{output} exists (use --force to replace it)")
+    if dtype not in ("float32", "float16"):
+        raise ConvertError(f"--dtype must be float32 or float16, not {dtype!r}")
 
     config = get_profile(profile)
     config["compression"]["lambdas"] = None  # the authors' models have no λ gains: one model per λ
@@ -576,7 +581,7 @@ def convert(rdeic_path: str, output: str, sd_path: str | None = None, lam: float
     tmp = f"{os.path.normpath(output)}.tmp-{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)
     try:
-        model_id = save_model(model, tmp, name=name, extra=extra)
+        model_id = save_model(model, tmp, name=name, extra=extra, dtype=dtype)
         if os.path.exists(output):
             shutil.rmtree(output)
         os.replace(tmp, output)

@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 
 from rdeic_codec import convert as cv
-from rdeic_codec.model import _storage, load_model
+from rdeic_codec.model import load_model
 from rdeic_codec.profiles import get_profile
 
 torch.set_num_threads(1)
@@ -604,11 +604,11 @@ def checkpoints(tmp_path_factory):
     out = str(folder / "model")
     digests = {p: _sha256(p) for p in (sd_path, rdeic_path)}
     result = cv.convert(rdeic_path, out, sd_path=sd_path, profile="tiny")
-    # A model directory stores large tensors in float16: the references read the same rounded values.
+    # Converted models are stored in float32: the references read the authors' values as they are.
     return {"cfg": cfg, "sd": sd, "rdeic": rdeic, "sd_path": sd_path, "rdeic_path": rdeic_path,
             "dir": out, "result": result, "folder": folder, "digests": digests,
-            "sd_ref": {k: _storage(v).float() for k, v in sd.items()},
-            "rdeic_ref": {k: _storage(v).float() for k, v in rdeic.items()}}
+            "sd_ref": {k: v.float() for k, v in sd.items()},
+            "rdeic_ref": {k: v.float() for k, v in rdeic.items()}}
 
 
 def _sha256(path):
@@ -643,6 +643,59 @@ def test_convert_writes_a_loadable_model(checkpoints):
     assert checkpoints["result"].overridden == len(schedule_spec())  # both files carry the schedule
     # The inputs are memory-mapped privately: rounding the model while saving never writes to them.
     assert all(_sha256(p) == d for p, d in checkpoints["digests"].items())
+
+
+def test_storage_is_float32_unless_asked_and_the_context_always(checkpoints, tmp_path):
+    """Default: every stored tensor holds the authors' value exactly. --dtype float16 halves the large
+    tensors' disk; the empty-prompt context stays float32 either way."""
+    from safetensors import safe_open
+
+    def stored(folder, comp):
+        with safe_open(os.path.join(folder, f"{comp}.safetensors"), "pt") as f:
+            return {k: f.get_tensor(k) for k in f.keys()}
+
+    rdeic, sd = checkpoints["rdeic"], checkpoints["sd"]
+    full = stored(checkpoints["dir"], "compression")
+    assert all(v.dtype == torch.float32 for v in full.values())
+    assert torch.equal(full["g_a.0.conv1.weight"], rdeic["preprocess_model.encoder.g_a.0.conv1.weight"])
+    unet = stored(checkpoints["dir"], "unet")
+    assert all(v.dtype == torch.float32 for v in unet.values())
+    assert torch.equal(unet["conv_in.weight"], sd[cv.UNET_PREFIX + "input_blocks.0.0.weight"])
+
+    out = str(tmp_path / "half")
+    cv.convert(checkpoints["rdeic_path"], out, sd_path=checkpoints["sd_path"], profile="tiny", dtype="float16")
+    half = stored(out, "compression")
+    big = [k for k, v in full.items() if v.numel() >= 1024]
+    assert big and all(half[k].dtype == torch.float16 for k in big)
+    assert half["quantize.embed_prob"].dtype == torch.float32
+    # The context (here 3×8 values; 77×1024 in the paper profile) is float32 whatever its size.
+    ref_ctx = load_model(checkpoints["dir"]).unet.context
+    assert stored(out, "unet")["context"].dtype == torch.float32
+    assert torch.equal(load_model(out).unet.context, ref_ctx)
+    with pytest.raises(cv.ConvertError, match="--dtype must be"):
+        cv.convert(checkpoints["rdeic_path"], str(tmp_path / "x"), sd_path=checkpoints["sd_path"],
+                   profile="tiny", dtype="bfloat16")
+
+
+def test_float16_storage_keeps_a_large_context_in_float32(tmp_path):
+    """save_model's float16 storage: the cross-attention context stays float32 at the paper's 77×1024."""
+    from safetensors import safe_open
+
+    from rdeic_codec.model import RDEICModel, save_model
+
+    cfg = tiny_config()
+    cfg["context_shape"] = [1, 77, 1024]
+    cfg["unet"]["cross_attention_dim"] = 1024
+    model = RDEICModel(cfg)
+    with torch.no_grad():
+        model.unet.context.normal_()
+    ctx = model.unet.context.clone()
+    save_model(model, str(tmp_path / "m"))
+    with safe_open(str(tmp_path / "m" / "unet.safetensors"), "pt") as f:
+        assert f.get_tensor("context").dtype == torch.float32
+        assert f.get_tensor("conv_in.weight").dtype == torch.float32  # < 1024 values
+        assert any(f.get_tensor(k).dtype == torch.float16 for k in f.keys())
+    assert torch.equal(model.unet.context, ctx)
 
 
 def test_compression_matches_the_authors_tensors(checkpoints):
@@ -888,6 +941,9 @@ def test_cli_convert(checkpoints, tmp_path):
     r = CliRunner().invoke(main, args)
     assert r.exit_code == 1 and "exists (use --force" in r.output
     assert CliRunner().invoke(main, args + ["--force", "-q"]).exit_code == 0
+    r = CliRunner().invoke(main, args + ["--force", "--dtype", "float16"])
+    assert r.exit_code == 0, r.output
+    assert checkpoints["result"].model_id not in r.output  # other stored values, another model
 
 
 def test_paper_size_key_set_maps_completely():
