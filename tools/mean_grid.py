@@ -210,13 +210,25 @@ def main() -> None:
         report["noise"][name] = {"max_abs_mean_change": float(np.abs(m - m1).max()),
                                  "max_scale_change_over_sigma": float((np.abs(s - s1) / sigma).max())}
     delta = max(v["max_abs_mean_change"] for v in report["noise"].values())
+    per_symbol = np.maximum(np.abs(m2 - m1), np.abs(mn - m1))  # each mean's own noise
+    for name, (m, s) in noise.items():
+        table = ScaleTable(base)
+        report["noise"][name]["scale_entries_changed"] = int((table.scale_index(torch.from_numpy(s))
+                                                              != table.scale_index(torch.from_numpy(s1))).sum())
     for k in grids:
         g = 2.0 ** -k
         frac = m1 / g - np.floor(m1 / g)
-        closest = float(np.abs(frac - 0.5).min() * g)  # distance of the closest mean to a rounding boundary
-        report["grids"][k]["closest_mean_to_a_boundary"] = closest
-        report["grids"][k]["margin_closest_over_max_noise"] = closest / delta if delta else None
-        report["grids"][k]["expected_flips_per_symbol_at_max_noise"] = 2 * delta / g
+        dist = np.abs(frac - 0.5) * g  # each mean's distance to the nearest rounding boundary of the grid
+        closest = float(dist.min())
+        ratio = dist[per_symbol > 0] / per_symbol[per_symbol > 0]
+        grid = report["grids"][k]
+        grid["closest_mean_to_a_boundary"] = closest
+        grid["margin_closest_over_max_noise"] = closest / delta if delta else None
+        # The margin that decides: each mean's distance to a boundary over that mean's own noise.
+        grid["margin_per_symbol_min"] = float(ratio.min()) if ratio.size else None
+        grid["snapped_means_changed_by_noise"] = int((np.rint(m1 / g) != np.rint(m2 / g)).sum()
+                                                     + (np.rint(m1 / g) != np.rint(mn / g)).sum())
+        grid["expected_flips_per_symbol_at_max_noise"] = 2 * delta / g
     print(f"noise: {report['noise']}", flush=True)
 
     # The scale rule: the same y coded with ours (|s|, nearest) and the authors' (lower bound, ceil).
