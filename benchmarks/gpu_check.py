@@ -150,7 +150,10 @@ def main(argv=None) -> int:
             write_random_model(folder, profile)
     image = read_image(args.image, height, width)
     where = torch.cuda.get_device_name(gpu) if gpu.type == "cuda" else "CPU (dry run: both 'devices' are the CPU)"
-    print(f"gpu_check: {profile} model {folder}, {width}x{height} image, {where}, torch {torch.__version__}",
+    # cuDNN may run float32 convolutions in TF32 on Ampere and later (PyTorch's default): pixel
+    # differences between CPU and GPU then include TF32's rounding, not float32's only.
+    tf32 = f", TF32 convolutions {'on' if torch.backends.cudnn.allow_tf32 else 'off'}" if gpu.type == "cuda" else ""
+    print(f"gpu_check: {profile} model {folder}, {width}x{height} image, {where}{tf32}, torch {torch.__version__}",
           flush=True)
     failures = []
 

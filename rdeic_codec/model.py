@@ -96,7 +96,7 @@ HALF_MIN_ELEMENTS = 1024
 STORAGE_DTYPES = ("float16", "float32")
 # Kept in float32 whatever the storage dtype: the index prior (it sets the side information's
 # frequencies) and the stored cross-attention context (one tensor that every UNet and control
-# attention layer reads at every step; float16 moved it by 2e-4).
+# attention layer reads at every step; float16 storage moved the paper model's by 2.1e-4, issue 12).
 FULL_PRECISION_KEYS = ("embed_prob", "context")
 
 
