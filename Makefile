@@ -43,3 +43,9 @@ eval: setup
 
 clean:
 	rm -rf $(VENV) $(OUT) report
+
+# On a CUDA machine: paper-scale speed (float32, --half) beside the paper's RTX 4090 figures, and files
+# exchanged between CPU and GPU (benchmarks/gpu_check.py; --dry-run rehearses it on the CPU).
+.PHONY: gpu-check
+gpu-check: setup
+	$(PY) benchmarks/gpu_check.py

@@ -56,7 +56,7 @@ def write_random_paper_model(folder: str) -> None:
         model = RDEICModel(config)
         model.unet.context.normal_()
     tmp = folder + ".tmp"
-    save_model(model, tmp, name="rdeic-paper-random-bench", extra={"lambda": PAPER_LAMBDA})
+    save_model(model, tmp, name="rdeic-paper-random-bench", extra={"lambda": PAPER_LAMBDA}, dtype="float32")
     os.replace(tmp, folder)
 
 

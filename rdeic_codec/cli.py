@@ -204,16 +204,19 @@ def _step_progress(steps: int, quiet: bool):
               help="The lambda the model was trained for (default: from the name rdeic_<lambda>_step<k>.ckpt).")
 @click.option("--context", "context_path", type=click.Path(exists=True, dir_okay=False), default=None,
               help="A safetensors file with the precomputed empty-prompt text embedding (1x77x1024).")
+@click.option("--dtype", type=click.Choice(["float32", "float16"]), default="float32", show_default=True,
+              help="Storage of the weights: float32 keeps the authors' values exactly; float16 halves the "
+                   "disk (about 2.1 instead of 4.1 GB) and changes rates and pixels slightly.")
 @click.option("--profile", type=click.Choice(["paper", "tiny"]), default="paper", hidden=True)
 @quiet_option
 @force_option
-def convert(rdeic_path, sd_path, output, lam, context_path, profile, quiet, force):
+def convert(rdeic_path, sd_path, output, lam, context_path, dtype, profile, quiet, force):
     """Convert the RDEIC authors' checkpoints into an rdeic model directory (see docs/paper-profile.md)."""
     from .convert import convert as run_convert
 
     t0 = time.perf_counter()
     result = run_convert(rdeic_path, output, sd_path=sd_path, lam=lam, context_path=context_path,
-                         profile=profile, force=force)
+                         profile=profile, force=force, dtype=dtype)
     _stats(quiet, f"{output}: model {result.model_id}, lambda {result.lam:g}, {result.tensors} tensors, "
                   f"{len(result.ignored)} keys ignored (recomputable or unused), {time.perf_counter() - t0:.1f} s")
 

@@ -59,6 +59,17 @@ IGNORED = (
      "not used by the penultimate-layer text embedding"),
 )
 
+# Constants that compressai's GaussianConditional (1.2.4) registers as persistent buffers, so the
+# authors' files hold them: (key, expected value, meaning). rdeic implements exactly these values
+# (the scale bound is the profile's ``scale_min``, with the ``lower_bound_ceil`` scale rule), so a
+# file with other values is refused instead of being coded with a rule it was not trained for.
+GAUSSIAN_CONSTANTS = (
+    ("preprocess_model.gaussian_conditional.likelihood_lower_bound.bound", 1e-9,
+     "likelihood lower bound of the training rate (unused at coding time)"),
+    ("preprocess_model.gaussian_conditional.lower_bound_scale.bound", "scale_min", "scale lower bound"),
+    ("preprocess_model.gaussian_conditional.scale_bound", "scale_min", "scale lower bound"),
+)
+
 # Prefix renames of the authors' compression module (``preprocess_model``) to CompressionModule.
 COMPRESSION_PREFIXES = (
     ("preprocess_model.encoder.g_a.", "g_a."),
@@ -273,9 +284,15 @@ def map_checkpoint(state: dict, config: dict, use_text: bool = True, base: Mappe
     """
     res = base or Mapped()
     groups: dict[str, dict] = {"unet": {}, "vae": {}, "control": {}, "text": {}}
+    constants = {key: (want, what) for key, want, what in GAUSSIAN_CONSTANTS}
     for key, value in state.items():
         reason = _ignored_reason(key)
-        if reason is not None:
+        if key in constants:
+            want, what = constants[key]
+            want = config["entropy"][want] if isinstance(want, str) else want
+            _check_constant(key, value, want, what)
+            res.ignored.append((key, f"compressai constant, {what}: {want:g} (checked)"))
+        elif reason is not None:
             res.ignored.append((key, reason))
         elif key.startswith(UNET_PREFIX):
             groups["unet"][key] = value
@@ -321,6 +338,18 @@ def map_checkpoint(state: dict, config: dict, use_text: bool = True, base: Mappe
     if groups["text"]:
         _map_text(res, groups["text"])
     return res
+
+
+def _check_constant(key: str, value: torch.Tensor, want: float, what: str) -> None:
+    """A compressai constant must hold ``want`` (up to float32 rounding): rdeic implements that value."""
+    if tuple(value.shape) not in ((), (1,)) or not value.is_floating_point():
+        raise ConvertError(f"{key}: expected one floating-point value, found {value.dtype} {tuple(value.shape)}")
+    if value.device.type == "meta":  # shape-only check (map_checkpoint on stand-ins)
+        return
+    got = float(value.reshape(()))
+    if not math.isclose(got, want, rel_tol=1e-6):
+        raise ConvertError(f"{key} is {got:g}; rdeic codes with the authors' {what} {want:g} and cannot "
+                           "convert a model trained with another")
 
 
 def _map_text(res: Mapped, text: dict) -> None:
@@ -479,7 +508,7 @@ class ConvertResult:
 
 def convert(rdeic_path: str, output: str, sd_path: str | None = None, lam: float | None = None,
             context_path: str | None = None, profile: str = "paper", name: str | None = None,
-            force: bool = False) -> ConvertResult:
+            force: bool = False, dtype: str = "float32") -> ConvertResult:
     """Convert the authors' checkpoints into a model directory at ``output``.
 
     Args:
@@ -496,6 +525,9 @@ def convert(rdeic_path: str, output: str, sd_path: str | None = None, lam: float
     on file names or on the form of the SD weights (.ckpt or diffusers folder): converting the same
     checkpoints anywhere gives the same id, so .rdc files made with it can be exchanged.
         force: replace ``output`` if it exists.
+        dtype: storage of the weights: ``float32`` (the authors' values exactly) or ``float16`` (half
+            the disk; large tensors rounded, which changes rates and pixels slightly). The empty-prompt
+            context is stored in float32 either way.
     """
     parsed_lam, steps = lambda_from_name(rdeic_path)
     lam = parsed_lam if lam is None else lam
@@ -506,9 +538,13 @@ def convert(rdeic_path: str, output: str, sd_path: str | None = None, lam: float
         raise ConvertError(f"--lambda must be a positive number, got {lam}")
     if os.path.exists(output) and not force:
         raise ConvertError(f"{output} exists (use --force to replace it)")
+    if dtype not in ("float32", "float16"):
+        raise ConvertError(f"--dtype must be float32 or float16, not {dtype!r}")
 
     config = get_profile(profile)
     config["compression"]["lambdas"] = None  # the authors' models have no λ gains: one model per λ
+    # Their scales were trained through compressai's lower bound, and are coded as compressai does.
+    config["entropy"]["scale_rule"] = "lower_bound_ceil"
     base, state, overridden = None, {}, 0
     if sd_path is not None and os.path.isdir(sd_path):
         folder = read_diffusers_folder(sd_path)
@@ -545,7 +581,7 @@ def convert(rdeic_path: str, output: str, sd_path: str | None = None, lam: float
     tmp = f"{os.path.normpath(output)}.tmp-{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)
     try:
-        model_id = save_model(model, tmp, name=name, extra=extra)
+        model_id = save_model(model, tmp, name=name, extra=extra, dtype=dtype)
         if os.path.exists(output):
             shutil.rmtree(output)
         os.replace(tmp, output)

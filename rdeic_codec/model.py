@@ -93,30 +93,48 @@ def compute_model_id(folder: str, config: dict) -> str:
 
 
 HALF_MIN_ELEMENTS = 1024
+STORAGE_DTYPES = ("float16", "float32")
+# Kept in float32 whatever the storage dtype: the index prior (it sets the side information's
+# frequencies) and the stored cross-attention context (one tensor that every UNet and control
+# attention layer reads at every step; float16 storage moved the paper model's by 2.1e-4, issue 12).
+FULL_PRECISION_KEYS = ("embed_prob", "context")
 
 
-def _storage(t: torch.Tensor, key: str = "") -> torch.Tensor:
-    """Weight tensors are stored in float16 (half the download); small tensors (biases, gains, λ
-    anchors, the index prior) stay float32 where precision matters and size does not. Loading casts
-    everything back to float32, and the decoder's float64 entropy path starts from these stored values,
-    so encoder and decoder still see identical numbers."""
+def _storage(t: torch.Tensor, key: str = "", dtype: str = "float16") -> torch.Tensor:
+    """The tensor as stored. ``float16``: weight tensors in float16 (half the download); small tensors
+    (biases, gains, λ anchors) and :data:`FULL_PRECISION_KEYS` stay float32 where precision matters and
+    size does not. ``float32``: everything as it is. Loading casts everything back to float32, and the
+    decoder's float64 entropy path starts from these stored values, so encoder and decoder still see
+    identical numbers."""
     t = t.detach().contiguous().cpu()
-    if t.is_floating_point() and t.numel() >= HALF_MIN_ELEMENTS and not key.endswith("embed_prob"):
+    if (dtype == "float16" and t.is_floating_point() and t.numel() >= HALF_MIN_ELEMENTS
+            and key.split(".")[-1] not in FULL_PRECISION_KEYS):
         return t.half()
     return t
 
 
-def save_model(model: RDEICModel, folder: str, name: str | None = None, extra: dict | None = None) -> str:
+def save_model(model: RDEICModel, folder: str, name: str | None = None, extra: dict | None = None,
+               dtype: str = "float16") -> str:
     """Write a model directory; returns the model id (8 hex digits).
+
+    Args:
+        model: the model.
+        folder: the directory to write (created if needed).
+        name: model name for config.json.
+        extra: more config.json fields (``lambda``, ...).
+        dtype: storage of the weights (see :func:`_storage`): ``float16`` (this project's models: half
+            the size) or ``float32`` (converted models: the authors' values exactly).
 
     The in-memory model is rounded to what was stored, so it behaves exactly like a reloaded copy.
     """
+    if dtype not in STORAGE_DTYPES:
+        raise ValueError(f"storage dtype must be one of {', '.join(STORAGE_DTYPES)}, not {dtype!r}")
     from safetensors.torch import save_file
 
     os.makedirs(folder, exist_ok=True)
     model._entropy_path = None
     for comp in COMPONENTS:
-        state = {k: _storage(v, k) for k, v in model.component(comp).state_dict().items()}
+        state = {k: _storage(v, k, dtype) for k, v in model.component(comp).state_dict().items()}
         path = os.path.join(folder, f"{comp}.safetensors")
         save_file(state, path)
         # safetensors writes its files 0600; a model directory is meant to be shared like any other file.
@@ -137,7 +155,7 @@ def save_model(model: RDEICModel, folder: str, name: str | None = None, extra: d
         for comp in COMPONENTS:
             for k, v in model.component(comp).state_dict().items():
                 if v.is_floating_point():
-                    v.copy_(_storage(v, k).to(v.dtype))
+                    v.copy_(_storage(v, k, dtype).to(v.dtype))
     return config["model_id"]
 
 

@@ -26,8 +26,16 @@ DIFFUSION = {
     "trained_steps": [2, 5],
 }
 
-# Coding-time tables (method file, section 2): 64 log-spaced scales from 0.11 to 256.
-ENTROPY = {"scale_min": 0.11, "scale_max": 256.0, "num_scales": 64, "mean_step_log2": -8, "max_symbol": 4096}
+# Coding-time tables (method file, section 2): 64 log-spaced scales from 0.11 to 256. ``scale_rule``
+# (rdeic_codec/entropy/tables.py) is how scale outputs map to the table: this project's models were
+# trained with |s|; the authors' (the paper profile, rdeic convert) with compressai's lower bound.
+ENTROPY = {"scale_min": 0.11, "scale_max": 256.0, "num_scales": 64, "mean_step_log2": -8, "max_symbol": 4096,
+           "scale_rule": "nearest_abs"}
+# The paper profile's means sit on a finer grid, 2^-16. Measured at its shapes (tools/mean_grid.py,
+# docs/paper-profile.md): every mean stayed at least 50× (256×256 image) and 210× (512×512) farther
+# from a rounding boundary than float64 parameters off by 1e-12 moved it (1 vs 2 threads moved none),
+# and the grid keeps nearly every symbol the authors' exact means give (2^-8 changed 0.2% of them).
+PAPER_ENTROPY = {**ENTROPY, "scale_rule": "lower_bound_ceil", "mean_step_log2": -16}
 
 _SD21_UNET = {
     "sample_size": 64,
@@ -83,7 +91,7 @@ PAPER = {
         "lambdas": None,
     },
     "diffusion": DIFFUSION,
-    "entropy": ENTROPY,
+    "entropy": PAPER_ENTROPY,
 }
 
 SMALL = {

@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 
 from rdeic_codec import convert as cv
-from rdeic_codec.model import _storage, load_model
+from rdeic_codec.model import load_model
 from rdeic_codec.profiles import get_profile
 
 torch.set_num_threads(1)
@@ -281,12 +281,23 @@ def rdeic_spec(cfg):
             _conv(spec, q + "4.", c2, 4 * c2 // 3, 1)
     spec[p + "quantize.embedding.weight"] = (k["codebook_size"], h)
     spec[p + "quantize.embed_prob"] = (k["codebook_size"],)
-    # compressai's GaussianConditional buffers, empty in the training files.
-    for n in ("_quantized_cdf", "_offset", "_cdf_length", "scale_table"):
-        spec[f"{p}gaussian_conditional.{n}"] = (0,)
+    spec.update(gaussian_conditional_state(p + "gaussian_conditional."))
     spec.update(schedule_spec())
     spec.update(lpips_spec())
     return spec
+
+
+def gaussian_conditional_state(prefix):
+    """What ``compressai.entropy_models.GaussianConditional(None).state_dict()`` holds in compressai 1.2.4
+    (read from its source: EntropyModel and LowerBound register these buffers, all persistent): the CDF
+    tables, empty until ``update()``, and three constants. Values are tensors, not shapes: they are
+    written to the fixture files as they are."""
+    empty_int = torch.zeros(0, dtype=torch.int32)
+    return {prefix + "_offset": empty_int, prefix + "_quantized_cdf": empty_int.clone(),
+            prefix + "_cdf_length": empty_int.clone(), prefix + "scale_table": torch.zeros(0),
+            prefix + "scale_bound": torch.tensor([0.11]),
+            prefix + "likelihood_lower_bound.bound": torch.tensor([1e-9]),
+            prefix + "lower_bound_scale.bound": torch.tensor([0.11])}
 
 
 def lpips_spec():
@@ -302,7 +313,9 @@ def random_state(spec, seed):
     g = torch.Generator().manual_seed(seed)
     out = {}
     for key, shape in spec.items():
-        if len(shape) == 0 or 0 in shape:
+        if isinstance(shape, torch.Tensor):  # a buffer with a fixed value
+            out[key] = shape.clone()
+        elif len(shape) == 0 or 0 in shape:
             out[key] = torch.zeros(shape)
         elif key.endswith("bias") or key.endswith("in_proj_bias"):
             out[key] = 0.1 * torch.randn(shape, generator=g)
@@ -591,11 +604,11 @@ def checkpoints(tmp_path_factory):
     out = str(folder / "model")
     digests = {p: _sha256(p) for p in (sd_path, rdeic_path)}
     result = cv.convert(rdeic_path, out, sd_path=sd_path, profile="tiny")
-    # A model directory stores large tensors in float16: the references read the same rounded values.
+    # Converted models are stored in float32: the references read the authors' values as they are.
     return {"cfg": cfg, "sd": sd, "rdeic": rdeic, "sd_path": sd_path, "rdeic_path": rdeic_path,
             "dir": out, "result": result, "folder": folder, "digests": digests,
-            "sd_ref": {k: _storage(v).float() for k, v in sd.items()},
-            "rdeic_ref": {k: _storage(v).float() for k, v in rdeic.items()}}
+            "sd_ref": {k: v.float() for k, v in sd.items()},
+            "rdeic_ref": {k: v.float() for k, v in rdeic.items()}}
 
 
 def _sha256(path):
@@ -616,13 +629,13 @@ def test_convert_writes_a_loadable_model(checkpoints):
     model = load_model(checkpoints["dir"])
     assert model.config["lambda"] == 2.0
     assert model.config["compression"]["lambdas"] is None
+    assert model.config["entropy"]["scale_rule"] == "lower_bound_ceil"  # coded as the authors trained it
     assert model.config["fine_tuned_steps"] == 2 and model.config["name"] == "rdeic-tiny-l2-s2"
     assert model.config["model_id"] == checkpoints["result"].model_id
     ignored = {k for k, _ in checkpoints["result"].ignored}
     # Exactly the recomputable/unused keys are ignored, and they are listed.
     expected = set(schedule_spec()) | {"model_ema.decay", "model_ema.num_updates"}
-    expected |= {f"preprocess_model.gaussian_conditional.{n}" for n in ("_quantized_cdf", "_offset", "_cdf_length",
-                                                                         "scale_table")}
+    expected |= set(gaussian_conditional_state("preprocess_model.gaussian_conditional."))
     expected |= {cv.TEXT_PREFIX + n for n in ("text_projection", "logit_scale")} | set(lpips_spec())
     last = f"{cv.TEXT_PREFIX}transformer.resblocks.{TEXT_LAYERS - 1}."
     expected |= {k for k in checkpoints["sd"] if k.startswith(last)}
@@ -630,6 +643,59 @@ def test_convert_writes_a_loadable_model(checkpoints):
     assert checkpoints["result"].overridden == len(schedule_spec())  # both files carry the schedule
     # The inputs are memory-mapped privately: rounding the model while saving never writes to them.
     assert all(_sha256(p) == d for p, d in checkpoints["digests"].items())
+
+
+def test_storage_is_float32_unless_asked_and_the_context_always(checkpoints, tmp_path):
+    """Default: every stored tensor holds the authors' value exactly. --dtype float16 halves the large
+    tensors' disk; the empty-prompt context stays float32 either way."""
+    from safetensors import safe_open
+
+    def stored(folder, comp):
+        with safe_open(os.path.join(folder, f"{comp}.safetensors"), "pt") as f:
+            return {k: f.get_tensor(k) for k in f.keys()}
+
+    rdeic, sd = checkpoints["rdeic"], checkpoints["sd"]
+    full = stored(checkpoints["dir"], "compression")
+    assert all(v.dtype == torch.float32 for v in full.values())
+    assert torch.equal(full["g_a.0.conv1.weight"], rdeic["preprocess_model.encoder.g_a.0.conv1.weight"])
+    unet = stored(checkpoints["dir"], "unet")
+    assert all(v.dtype == torch.float32 for v in unet.values())
+    assert torch.equal(unet["conv_in.weight"], sd[cv.UNET_PREFIX + "input_blocks.0.0.weight"])
+
+    out = str(tmp_path / "half")
+    cv.convert(checkpoints["rdeic_path"], out, sd_path=checkpoints["sd_path"], profile="tiny", dtype="float16")
+    half = stored(out, "compression")
+    big = [k for k, v in full.items() if v.numel() >= 1024]
+    assert big and all(half[k].dtype == torch.float16 for k in big)
+    assert half["quantize.embed_prob"].dtype == torch.float32
+    # The context (here 3×8 values; 77×1024 in the paper profile) is float32 whatever its size.
+    ref_ctx = load_model(checkpoints["dir"]).unet.context
+    assert stored(out, "unet")["context"].dtype == torch.float32
+    assert torch.equal(load_model(out).unet.context, ref_ctx)
+    with pytest.raises(cv.ConvertError, match="--dtype must be"):
+        cv.convert(checkpoints["rdeic_path"], str(tmp_path / "x"), sd_path=checkpoints["sd_path"],
+                   profile="tiny", dtype="bfloat16")
+
+
+def test_float16_storage_keeps_a_large_context_in_float32(tmp_path):
+    """save_model's float16 storage: the cross-attention context stays float32 at the paper's 77×1024."""
+    from safetensors import safe_open
+
+    from rdeic_codec.model import RDEICModel, save_model
+
+    cfg = tiny_config()
+    cfg["context_shape"] = [1, 77, 1024]
+    cfg["unet"]["cross_attention_dim"] = 1024
+    model = RDEICModel(cfg)
+    with torch.no_grad():
+        model.unet.context.normal_()
+    ctx = model.unet.context.clone()
+    save_model(model, str(tmp_path / "m"))
+    with safe_open(str(tmp_path / "m" / "unet.safetensors"), "pt") as f:
+        assert f.get_tensor("context").dtype == torch.float32
+        assert f.get_tensor("conv_in.weight").dtype == torch.float32  # < 1024 values
+        assert any(f.get_tensor(k).dtype == torch.float16 for k in f.keys())
+    assert torch.equal(model.unet.context, ctx)
 
 
 def test_compression_matches_the_authors_tensors(checkpoints):
@@ -750,6 +816,40 @@ def test_unknown_missing_and_misshaped_keys_are_listed(checkpoints, tmp_path):
     assert not os.path.exists(tmp_path / "m")
 
 
+def test_compressai_constants_are_checked(checkpoints, tmp_path):
+    """The released files hold compressai's CDF tables filled by ``update()`` and its three constants:
+    filled tables are ignored whatever their size, and a constant rdeic does not implement is refused."""
+    p = "preprocess_model.gaussian_conditional."
+    filled = dict(checkpoints["rdeic"])
+    filled[p + "scale_table"] = torch.exp(torch.linspace(math.log(0.11), math.log(256), 64))
+    filled[p + "_offset"] = torch.full((64,), -3, dtype=torch.int32)
+    filled[p + "_cdf_length"] = torch.full((64,), 9, dtype=torch.int32)
+    filled[p + "_quantized_cdf"] = torch.zeros(64, 20, dtype=torch.int32)
+    path = str(tmp_path / "rdeic_2_step2.ckpt")
+    torch.save({"state_dict": filled}, path)
+    result = cv.convert(path, str(tmp_path / "ok"), sd_path=checkpoints["sd_path"], profile="tiny")
+    assert result.model_id == checkpoints["result"].model_id
+    for key, value in ((p + "scale_bound", torch.tensor([0.2])),
+                       (p + "likelihood_lower_bound.bound", torch.tensor([1e-6]))):
+        bad = dict(checkpoints["rdeic"])
+        bad[key] = value
+        torch.save({"state_dict": bad}, path)
+        with pytest.raises(cv.ConvertError, match=key.replace(".", r"\.") + " is "):
+            cv.convert(path, str(tmp_path / "m"), sd_path=checkpoints["sd_path"], profile="tiny")
+        assert not os.path.exists(tmp_path / "m")
+
+
+def test_fixture_holds_what_compressai_saves():
+    """The fixture's GaussianConditional keys are what compressai's module saves (when it is installed)."""
+    entropy_models = pytest.importorskip("compressai.entropy_models")
+    saved = entropy_models.GaussianConditional(None).state_dict()
+    ours = gaussian_conditional_state("")
+    assert saved.keys() == ours.keys()
+    for key, value in saved.items():
+        assert value.dtype == ours[key].dtype and value.shape == ours[key].shape, key
+        assert torch.equal(value, ours[key]), key
+
+
 def test_no_text_tower_needs_context(checkpoints, tmp_path):
     from safetensors.torch import save_file
 
@@ -841,6 +941,9 @@ def test_cli_convert(checkpoints, tmp_path):
     r = CliRunner().invoke(main, args)
     assert r.exit_code == 1 and "exists (use --force" in r.output
     assert CliRunner().invoke(main, args + ["--force", "-q"]).exit_code == 0
+    r = CliRunner().invoke(main, args + ["--force", "--dtype", "float16"])
+    assert r.exit_code == 0, r.output
+    assert checkpoints["result"].model_id not in r.output  # other stored values, another model
 
 
 def test_paper_size_key_set_maps_completely():
@@ -850,7 +953,8 @@ def test_paper_size_key_set_maps_completely():
     cfg["compression"]["lambdas"] = None
     spec = sd_spec(cfg, 24)
     spec.update(rdeic_spec(cfg))
-    state = {k: torch.empty(s, device="meta") for k, s in spec.items()}
+    state = {k: torch.empty(tuple(s.shape) if isinstance(s, torch.Tensor) else s, device="meta",
+                            dtype=s.dtype if isinstance(s, torch.Tensor) else torch.float32) for k, s in spec.items()}
     mapped = cv.map_checkpoint(state, cfg)
     weights = cv.check_complete(mapped, cfg)  # raises on any unknown, missing or misshaped key
     shapes = cv.expected_shapes(cfg)
@@ -861,8 +965,8 @@ def test_paper_size_key_set_maps_completely():
     ignored = {k for k, _ in mapped.ignored}
     assert used | ignored == set(spec) and not used & ignored
     assert mapped.text_layers == 23
-    # schedule, EMA, CDF tables, projection/logit, last text layer, LPIPS
-    assert len(ignored) == 12 + 2 + 4 + 2 + 12 + len(lpips_spec())
+    # schedule, EMA, CDF tables and constants of compressai, projection/logit, last text layer, LPIPS
+    assert len(ignored) == 12 + 2 + 4 + 3 + 2 + 12 + len(lpips_spec())
     # Sizes of the paper (method file, sections 2 and 3).
     n_comp = sum(math.prod(s) for s in shapes["compression"].values())
     n_ctrl = sum(math.prod(s) for s in shapes["control"].values())

@@ -90,3 +90,120 @@ def test_range_coder_roundtrip_of_symbols():
     for s in np.unique(idx):
         out[idx == s] = dec.coder.decode(models.models[int(s)], int((idx == s).sum()))
     assert np.array_equal(out, symbols)
+
+
+ENTROPY = {"scale_min": 0.11, "scale_max": 256.0, "num_scales": 64, "mean_step_log2": -8, "max_symbol": 4096}
+
+
+def compressai_build_indexes(scales: np.ndarray, table: np.ndarray, bound: float) -> np.ndarray:
+    """compressai 1.2.4's GaussianConditional.build_indexes, transcribed: lower bound, then count down
+    from the last entry once for every entry[:-1] that is ≥ the scale."""
+    s = np.maximum(scales, bound)
+    idx = np.full(s.shape, len(table) - 1)
+    for entry in table[:-1]:
+        idx -= (s <= entry).astype(idx.dtype)
+    return idx
+
+
+def test_lower_bound_ceil_is_compressais_rule():
+    table = ScaleTable({**ENTROPY, "scale_rule": "lower_bound_ceil"})
+    rng = np.random.default_rng(0)
+    s = np.concatenate([rng.normal(0, 3, 2000), np.exp(rng.uniform(-4, 7, 2000)), table.scales,
+                        table.scales * (1 + 1e-9), table.scales * (1 - 1e-9), [-5.0, 0.0, 0.11, 1e6]])
+    got = table.scale_index(torch.from_numpy(s))
+    assert np.array_equal(got, compressai_build_indexes(s, table.scales, table.scales[0]))
+    # A negative output is the narrowest distribution, not the width of its magnitude.
+    assert table.scale_index(torch.tensor([-5.0, 5.0])).tolist() == [0, int(np.searchsorted(table.scales, 5.0))]
+    assert table.scales[table.scale_index(torch.tensor([5.0]))[0]] >= 5.0
+
+
+def test_config_without_a_scale_rule_keeps_the_nearest_abs_rule():
+    """Model directories written before scale_rule existed code exactly as before: nearest entry to |s|."""
+    rng = np.random.default_rng(1)
+    s = torch.from_numpy(np.concatenate([rng.normal(0, 3, 5000), np.exp(rng.uniform(-4, 7, 5000))]))
+    old = ScaleTable(ENTROPY)
+    log_step = (np.log(256.0) - np.log(0.11)) / 63
+    before = np.rint((np.log(s.abs().clamp(0.11, 256.0).numpy()) - np.log(0.11)) / log_step).clip(0, 63)
+    assert np.array_equal(old.scale_index(s), before.astype(np.int64))
+    assert np.array_equal(ScaleTable({**ENTROPY, "scale_rule": "nearest_abs"}).scale_index(s), before)
+    # The two rules differ: the authors' models must not be coded with ours, nor the other way round.
+    ceil = ScaleTable({**ENTROPY, "scale_rule": "lower_bound_ceil"}).scale_index(s)
+    assert (ceil != before).mean() > 0.3
+
+
+def test_unknown_scale_rule_is_a_config_error(tiny_model_dir, tmp_path):
+    import json
+    import shutil
+
+    from rdeic_codec.model import ModelError, compute_model_id, load_model
+
+    folder = str(tmp_path / "m")
+    shutil.copytree(tiny_model_dir, folder)
+    with open(f"{folder}/config.json") as f:
+        config = json.load(f)
+    config["entropy"]["scale_rule"] = "nearest"
+    config["model_id"] = compute_model_id(folder, config)
+    with open(f"{folder}/config.json", "w") as f:
+        json.dump(config, f)
+    with pytest.raises(ModelError, match="unknown scale_rule 'nearest'"):
+        load_model(folder)
+
+
+@pytest.fixture(scope="module")
+def paper_entropy_path():
+    """The paper profile's float64 entropy path (codebook, h_s, context networks: the shapes of the
+    authors' compression module) with random weights that keep each layer's signal at its input's scale
+    (PyTorch's default init would make every mean and symbol ~0)."""
+    from torch import nn
+
+    from rdeic_codec.networks.compression import CompressionModule
+    from rdeic_codec.profiles import get_profile
+
+    cfg = get_profile("paper")
+    cfg["compression"]["lambdas"] = None
+    gen = torch.Generator().manual_seed(0)
+    comp = CompressionModule(cfg["compression"])
+    path = nn.ModuleDict({"quantize": comp.quantize, "h_s": comp.h_s, "context": comp.context}).double().eval()
+    with torch.no_grad():
+        for m in path.modules():
+            if isinstance(m, nn.Conv2d):
+                m.weight.copy_(torch.randn(m.weight.shape, generator=gen, dtype=torch.float64) / m.weight[0].numel() ** 0.5)
+                m.bias.copy_(0.1 * torch.randn(m.bias.shape, generator=gen, dtype=torch.float64))
+        path["quantize"].embedding.weight.normal_(generator=gen)
+    return cfg, path
+
+
+@torch.no_grad()
+def test_paper_shapes_decode_exactly_across_threads_and_float_noise(paper_entropy_path):
+    """At the paper's shapes (256 channels in 10 slices, 512 hyper channels, a 256×256 image's 65,536
+    symbols) and the paper profile's mean grid, a decoder on 2 threads, and one whose float64 parameters
+    are off by 1e-12 (relative), decode the encoder's ŷ exactly. The margin (tools/mean_grid.py, same
+    shapes): at the profile's 2^-16 every mean stayed ≥ 50× farther from a rounding boundary than that
+    noise moved it. The test can fail: with the grid set to 2^-32 it does (at 2^-24 it still passed)."""
+    cfg, path = paper_entropy_path
+    table = ScaleTable(cfg["entropy"])
+    models = GaussianModels(table)
+    gen = torch.Generator().manual_seed(1)
+    idx = torch.randint(0, cfg["compression"]["codebook_size"], (1, 4, 4), generator=gen)
+    y = torch.randn(1, cfg["compression"]["M"], 16, 16, generator=gen, dtype=torch.float64)
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        enc = LatentEncoder(table, models)
+        enc.encode_indices(idx.numpy(), path["quantize"].embed_prob)
+        y_enc = enc.encode_latent(path["context"], path["h_s"](path["quantize"].lookup(idx, torch.float64)), y)
+        payload = enc.finish()
+        assert len(payload) > 20000  # symbols of many widths: the grid and the scale rule are exercised
+
+        noisy = copy.deepcopy(path)
+        for p in noisy.parameters():
+            p.mul_(1 + 1e-12 * torch.randn(p.shape, generator=gen, dtype=p.dtype))
+        for n_threads, dec_path in ((2, path), (1, noisy)):
+            torch.set_num_threads(n_threads)
+            dec = LatentDecoder(payload, table, models)
+            got = torch.from_numpy(dec.decode_indices(idx.numel(), dec_path["quantize"].embed_prob)).view(idx.shape)
+            assert torch.equal(got, idx)
+            hyper = dec_path["h_s"](dec_path["quantize"].lookup(got, torch.float64))
+            assert torch.equal(dec.decode_latent(dec_path["context"], hyper), y_enc)
+    finally:
+        torch.set_num_threads(threads)
