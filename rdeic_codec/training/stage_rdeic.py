@@ -34,9 +34,13 @@ def sample_lambdas(n: int, lo: float, hi: float, generator) -> torch.Tensor:
 
 
 def distortion_weight(model, lam: torch.Tensor) -> torch.Tensor:
-    """λ times the model's ``distortion_scale`` (default 1): the scale maps a profile's latent MSE onto
-    the paper's rate range for its λ values (λ = 0.1 → about 0.025 bpp, λ = 2 → about 0.12)."""
-    return lam * model.compression.cfg.get("distortion_scale", 1.0)
+    """The weight of the distortion terms: ``distortion_scale``·λ^``distortion_power`` (the paper: 1·λ¹).
+
+    The two map a profile's latent MSE onto the paper's rate range for its λ values (λ = 0.1 → about
+    0.025 bpp, λ = 2 → about 0.12); they only change training, not the bitstream.
+    """
+    cfg = model.compression.cfg
+    return cfg.get("distortion_scale", 1.0) * lam ** cfg.get("distortion_power", 1.0)
 
 
 def compression_loss(model, feature, z, lam):
