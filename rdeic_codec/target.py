@@ -1,0 +1,126 @@
+"""Rate targets: the largest file not over a size (``rdeic encode --size`` / ``--bpp``), as ``cwebp -size``.
+
+The search runs over the model's continuous λ range, on the values a file can store (float16), and
+measures the real coded size of every probe. The λ-independent half of encoding (VAE encoder and g_a)
+runs once; each probe pays only for gain, h_a, VQ and range coding. File size grows with λ only
+approximately, so the search brackets the target in log λ and keeps the largest file ≤ target among
+all probes, not merely the last one.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from . import codec
+from .container import quantize_lambda
+
+MAX_PROBES = 12  # the two ends of the range + 10 inside: enough to reach adjacent float16 λ values
+WORD_BYTES = 4  # the range coder writes 32-bit words
+
+
+class TargetError(codec.CodecError):
+    """A target this model cannot reach for this image (below its smallest file), or cannot search."""
+
+
+@dataclass
+class TargetResult:
+    result: codec.EncodeResult  # the chosen file
+    target_bytes: int
+    probes: list[tuple[float, int]] = field(default_factory=list)  # (λ, bytes) in the order tried
+    above_largest: bool = False  # the target exceeds the largest file: result is the largest
+
+
+_SIZE = re.compile(r"^\s*(\d+(?:\.\d*)?|\.\d+)\s*([kKmM]?)[bB]?\s*$")
+
+
+def parse_size(text: str) -> int:
+    """Bytes from ``1500``, ``1.5k`` (= 1500), ``2M`` (= 2,000,000); an optional trailing ``B``.
+
+    Raises:
+        ValueError: with a one-line reason.
+    """
+    m = _SIZE.match(str(text))
+    if not m:
+        raise ValueError(f"expected a size in bytes such as 1500, 1.5k or 2M, got {text!r}")
+    value = float(m.group(1)) * {"": 1, "k": 1e3, "m": 1e6}[m.group(2).lower()]
+    if value < 1:
+        raise ValueError(f"a size must be at least 1 byte, got {text!r}")
+    return int(value)
+
+
+def bpp_to_bytes(bpp: float, width: int, height: int) -> int:
+    """The byte budget of ``bpp`` bits per pixel, counted as the stats line counts bpp (whole file)."""
+    return int(math.floor(bpp * width * height / 8 + 1e-9))
+
+
+def lambda_grid(lo: float, hi: float) -> np.ndarray:
+    """Every λ a file can hold (float16) from ``lo`` to ``hi`` as the file stores them, ascending."""
+    first, last = (int(np.float16(quantize_lambda(v)).view(np.uint16)) for v in (lo, hi))
+    # Positive float16 values are ordered like their bit patterns.
+    return np.arange(first, last + 1, dtype=np.uint16).view(np.float16).astype(float)
+
+
+def encode_to_size(model, image: np.ndarray, target_bytes: int, max_probes: int = MAX_PROBES) -> TargetResult:
+    """The largest file not over ``target_bytes``, searched over the model's λ range.
+
+    Args:
+        model: a loaded model with a λ range (a converted paper model has one λ: nothing to search).
+        image: an (H, W, 3) uint8 RGB image.
+        target_bytes: the budget for the whole file (header and CRC included).
+        max_probes: bound on the number of coded probes (at least 2: the two ends of the range).
+
+    Raises:
+        TargetError: the model has one fixed λ, or even its smallest file is over the target.
+    """
+    rng = model.compression.lambda_range
+    if rng is None:
+        fixed = model.config.get("lambda")
+        raise TargetError(f"this model has one fixed λ ({fixed:g}): its file size cannot be steered, "
+                          "so --size/--bpp cannot search; use --lambda" if fixed is not None else
+                          "this model has no λ range, so --size/--bpp cannot search")
+    if target_bytes < 1:
+        raise TargetError(f"target size must be at least 1 byte, got {target_bytes}")
+    grid = lambda_grid(*rng)
+    analysis = codec.analyse_image(model, image)  # once: the probes share it
+    out = TargetResult(result=None, target_bytes=target_bytes)  # type: ignore[arg-type]
+
+    def probe(i: int) -> codec.EncodeResult:
+        # The ends are asked for as the range's own values: quantised, 0.1 falls just below 0.1.
+        lam = rng[0] if i == 0 else rng[1] if i == len(grid) - 1 else float(grid[i])
+        r = codec.encode_analysis(model, analysis, lam)
+        out.probes.append((r.lam, len(r.data)))
+        if len(r.data) <= target_bytes and (out.result is None or len(r.data) > len(out.result.data)):
+            out.result = r
+        return r
+
+    top = probe(len(grid) - 1)
+    if len(top.data) <= target_bytes:
+        out.above_largest = len(top.data) < target_bytes
+        return out
+    bottom = probe(0)
+    if len(bottom.data) > target_bytes:
+        raise TargetError(f"target {target_bytes} bytes is below the smallest file this model makes for this "
+                          f"image ({len(bottom.data)} bytes at λ {bottom.lam:g})")
+    # Bracket: grid[ok] fits, grid[bad] does not. Each step picks the next λ by interpolating log size
+    # over log λ (sizes follow a power law in λ closely), kept inside the middle of the bracket so a
+    # bad guess still shrinks it, as bisection would.
+    ok, bad = 0, len(grid) - 1
+    size_ok, size_bad = len(bottom.data), len(top.data)
+    # The payload is whole 32-bit words: once the best file is within 3 bytes of the target, no
+    # larger file fits (bar a header one byte shorter), so the search stops there.
+    while bad - ok > 1 and len(out.probes) < max_probes and target_bytes - len(out.result.data) >= WORD_BYTES:
+        lo_l, hi_l = math.log(grid[ok]), math.log(grid[bad])
+        frac = (math.log(target_bytes) - math.log(size_ok)) / max(math.log(size_bad) - math.log(size_ok), 1e-12)
+        frac = min(max(frac, 0.1), 0.9)
+        mid = int(np.searchsorted(grid, math.exp(lo_l + frac * (hi_l - lo_l))))
+        mid = min(max(mid, ok + 1), bad - 1)
+        r = probe(mid)
+        if len(r.data) <= target_bytes:
+            ok, size_ok = mid, len(r.data)
+        else:
+            bad, size_bad = mid, len(r.data)
+    return out
