@@ -79,9 +79,12 @@ def check_lambda(model, lam: float) -> float:
     return container.quantize_lambda(lam)
 
 
-def _check_image(image: np.ndarray) -> None:
+def check_image(image: np.ndarray) -> None:
+    """Refuse anything but an (H, W, 3) uint8 RGB array (what :func:`encode` codes)."""
     if not isinstance(image, np.ndarray) or image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
         raise CodecError("encode expects an (H, W, 3) uint8 RGB image")
+    if image.shape[0] == 0 or image.shape[1] == 0:
+        raise CodecError("input image is empty")
 
 
 @torch.no_grad()
@@ -93,7 +96,7 @@ def encode(model, image: np.ndarray, lam: float) -> EncodeResult:
         image: the image.
         lam: rate parameter λ (distortion weight; higher means more bits).
     """
-    _check_image(image)
+    check_image(image)
     check_lambda(model, lam)  # before the networks run
     return encode_analysis(model, analyse_image(model, image), lam)
 
@@ -116,7 +119,7 @@ def analyse_image(model, image: np.ndarray) -> ImageAnalysis:
         model: a loaded model.
         image: an (H, W, 3) uint8 RGB image.
     """
-    _check_image(image)
+    check_image(image)
     height, width = image.shape[:2]
     device = next(model.parameters()).device
     x = _to_tensor(pad_image(image), device)

@@ -20,6 +20,7 @@ from .container import quantize_lambda
 
 MAX_PROBES = 12  # the two ends of the range + 10 inside: enough to reach adjacent float16 λ values
 WORD_BYTES = 4  # the range coder writes 32-bit words
+DEFAULT_LAMBDA = 0.25  # what `rdeic encode` uses without --lambda, --size or --bpp
 
 
 class TargetError(codec.CodecError):
@@ -104,7 +105,7 @@ def encode_to_size(model, image: np.ndarray, target_bytes: int, max_probes: int 
     bottom = probe(0)
     if len(bottom.data) > target_bytes:
         raise TargetError(f"target {target_bytes} bytes is below the smallest file this model makes for this "
-                          f"image ({len(bottom.data)} bytes at λ {bottom.lam:g})")
+                          f"image ({len(bottom.data)} bytes at its smallest lambda, {rng[0]:g})")
     # Bracket: grid[ok] fits, grid[bad] does not. Each step picks the next λ by interpolating log size
     # over log λ (sizes follow a power law in λ closely), kept inside the middle of the bracket so a
     # bad guess still shrinks it, as bisection would.
@@ -124,3 +125,29 @@ def encode_to_size(model, image: np.ndarray, target_bytes: int, max_probes: int 
         else:
             bad, size_bad = mid, len(r.data)
     return out
+
+
+def encode_at_rate(model, image: np.ndarray, lam: float | None = None, size: int | None = None,
+                   bpp: float | None = None) -> tuple[codec.EncodeResult, TargetResult | None]:
+    """Encode at a λ, or at the largest size not over ``size`` bytes or ``bpp`` bits per pixel.
+
+    At most one of the three may be given (none: λ = :data:`DEFAULT_LAMBDA`). Returns the encoding and,
+    for a target, the search (its probes, and whether the target was above the largest file).
+
+    Raises:
+        codec.CodecError: more than one rate given, a bad value, or a target the model cannot reach.
+    """
+    given = [name for name, v in (("--lambda", lam), ("--size", size), ("--bpp", bpp)) if v is not None]
+    if len(given) > 1:
+        raise codec.CodecError(f"give one of {' and '.join(given)}, not both")
+    if size is None and bpp is None:
+        return codec.encode(model, image, DEFAULT_LAMBDA if lam is None else lam), None
+    if bpp is not None and not (bpp > 0 and math.isfinite(bpp)):
+        raise codec.CodecError(f"--bpp must be a positive number, got {bpp}")
+    codec.check_image(image)
+    height, width = image.shape[:2]
+    budget = size if size is not None else bpp_to_bytes(bpp, width, height)
+    if budget < 1:
+        raise TargetError(f"--bpp {bpp:g} is {budget} bytes for a {width}×{height} image; no file is that small")
+    found = encode_to_size(model, image, budget)
+    return found.result, found
