@@ -219,7 +219,18 @@ def encode(paths, out_dir, lam, size, bpp, model_dir, device, threads, quiet, fo
         line = encode_one(model, job.input, job.output, notes.append)
         return "; ".join([line] + [f"warning: {n}" for n in notes])
 
-    _run_batch(inputs, out_dir, ".rdc", force, quiet, lambda: _load(model_dir, device, threads, half), work)
+    def load_checked():
+        model = _load(model_dir, device, threads, half)
+        from . import codec, target
+
+        # What would fail every file fails once, before any work.
+        if lam is not None:
+            codec.check_lambda(model, lam)
+        elif size is not None or bpp is not None:
+            target.check_searchable(model)
+        return model
+
+    _run_batch(inputs, out_dir, ".rdc", force, quiet, load_checked, work)
 
 
 @main.command(cls=_Command)

@@ -65,6 +65,17 @@ def lambda_grid(lo: float, hi: float) -> np.ndarray:
     return np.arange(first, last + 1, dtype=np.uint16).view(np.float16).astype(float)
 
 
+def check_searchable(model) -> tuple[float, float]:
+    """The model's λ range; a model of one fixed λ raises :class:`TargetError` saying so."""
+    rng = model.compression.lambda_range
+    if rng is None:
+        fixed = model.config.get("lambda")
+        raise TargetError(f"this model has one fixed λ ({fixed:g}): its file size cannot be steered, "
+                          "so --size/--bpp cannot search; use --lambda" if fixed is not None else
+                          "this model has no λ range, so --size/--bpp cannot search")
+    return rng
+
+
 def encode_to_size(model, image: np.ndarray, target_bytes: int, max_probes: int = MAX_PROBES) -> TargetResult:
     """The largest file not over ``target_bytes``, searched over the model's λ range.
 
@@ -77,12 +88,7 @@ def encode_to_size(model, image: np.ndarray, target_bytes: int, max_probes: int 
     Raises:
         TargetError: the model has one fixed λ, or even its smallest file is over the target.
     """
-    rng = model.compression.lambda_range
-    if rng is None:
-        fixed = model.config.get("lambda")
-        raise TargetError(f"this model has one fixed λ ({fixed:g}): its file size cannot be steered, "
-                          "so --size/--bpp cannot search; use --lambda" if fixed is not None else
-                          "this model has no λ range, so --size/--bpp cannot search")
+    rng = check_searchable(model)
     if target_bytes < 1:
         raise TargetError(f"target size must be at least 1 byte, got {target_bytes}")
     grid = lambda_grid(*rng)

@@ -62,6 +62,11 @@ def test_usage_errors_of_the_batch_form(tiny_model_dir, tmp_path):
     assert one.returncode == 2 and "missing OUTPUT" in one.stderr
     stdin = run("decode", "-", "-o", tmp_path / "o")
     assert stdin.returncode == 2 and "standard input" in stdin.stderr
+    # What would fail every file fails once, before the output folder is made.
+    lam = run("encode", tmp_path / "a.png", tmp_path / "a.png", "-o", tmp_path / "o", "--lambda", "5",
+              "--model", tiny_model_dir)
+    assert lam.returncode == 1 and lam.stderr.count("\n") == 1 and "outside this model's range" in lam.stderr
+    assert not (tmp_path / "o").exists()
 
 
 def test_size_target_from_the_command_line(tiny_model_dir, tmp_path):
