@@ -195,9 +195,10 @@ def main(names: list[str]) -> None:
             r = json.loads(out.stdout.strip().splitlines()[-1])
             if kind == "size":
                 for t in r["targets"]:
-                    print(f"  --bpp {t['bpp_target']:<6g} {t['seconds']:8.3f} s  {t['bytes']} of {t['target_bytes']} bytes "
-                          f"at lambda {t['lambda']:.4g}, {t['probes']} probes: {t['seconds'] / r['plain_seconds']:.1f}x "
-                          f"a plain encode ({r['plain_seconds']:.3f} s)", flush=True)
+                    ratio = t["seconds"] / r["plain_seconds"]
+                    print(f"  --bpp {t['bpp_target']:<6g} {t['seconds']:8.3f} s  {t['bytes']} of {t['target_bytes']} "
+                          f"bytes at lambda {t['lambda']:.4g}, {t['probes']} probes: {ratio:.1f}x a plain encode "
+                          f"({r['plain_seconds']:.3f} s)", flush=True)
                 continue
             tail = f", {r['bpp']} bpp at lambda {r['lambda']:g}" if "bpp" in r else ""
             print(f"  {kind:9s} {r['seconds']:8.3f} s  peak {r['peak_mb']:6d} MB  "

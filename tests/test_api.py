@@ -34,8 +34,8 @@ def test_encode_and_decode_match_the_command_line(api, tiny_model_dir, tmp_path)
     assert data == core.encode(api.model, img, 1.0).data
     src = tmp_path / "in.png"
     Image.fromarray(img).save(src)
-    cli = subprocess.run([sys.executable, os.path.join(ROOT, "bin", "rdeic"), "encode", str(src), str(tmp_path / "a.rdc"),
-                          "--lambda", "1", "--model", tiny_model_dir, "-q"], capture_output=True)
+    cli = subprocess.run([sys.executable, os.path.join(ROOT, "bin", "rdeic"), "encode", str(src),
+                          str(tmp_path / "a.rdc"), "--lambda", "1", "--model", tiny_model_dir, "-q"], capture_output=True)
     assert cli.returncode == 0, cli.stderr
     assert (tmp_path / "a.rdc").read_bytes() == data
     assert api.encode(src, lam=1.0) == data == api.encode(src.read_bytes(), lam=1.0)
