@@ -152,7 +152,7 @@ def _size_option(ctx, param, value):
 
 @main.command(cls=_Command)
 @click.argument("paths", metavar="INPUT... [OUTPUT]", nargs=-1, required=True)
-@click.option("-o", "--output-dir", "out_dir", type=click.Path(file_okay=False), default=None,
+@click.option("-o", "--output-dir", "out_dir", metavar="OUTDIR", type=click.Path(file_okay=False), default=None,
               help="Encode every INPUT to OUTDIR/NAME.rdc (created if missing), loading the model once.")
 @click.option("-l", "--lambda", "lam", type=float, default=None,
               help="Rate parameter: higher keeps more detail and spends more bits (0.1 to 2 for the default model; "
@@ -235,7 +235,7 @@ def encode(paths, out_dir, lam, size, bpp, model_dir, device, threads, quiet, fo
 
 @main.command(cls=_Command)
 @click.argument("paths", metavar="INPUT... [OUTPUT]", nargs=-1, required=True)
-@click.option("-o", "--output-dir", "out_dir", type=click.Path(file_okay=False), default=None,
+@click.option("-o", "--output-dir", "out_dir", metavar="OUTDIR", type=click.Path(file_okay=False), default=None,
               help="Decode every INPUT to OUTDIR/NAME.png (created if missing), loading the model once.")
 @click.option("-s", "--steps", type=click.IntRange(0, 10), default=5, show_default=True,
               help="Denoising steps (2 and 5 are the trained ones; 0: fast preview without diffusion).")
