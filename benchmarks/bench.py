@@ -3,6 +3,10 @@
 Two models:
 
 * ``small``: the shipped default model (or ``$RDEIC_MODEL``); encode, decode with 2 and 5 steps.
+* ``size``: ``rdeic encode --bpp`` (the largest file not over a target, a λ search) against one plain
+  encode, on the small model: seconds, probes and how many times slower.
+* ``batch``: 24 photos (crops of the photo) encoded and decoded in one ``rdeic`` run with ``-o OUTDIR``
+  against 24 ``rdeic`` processes, one per file, as a shell loop would (``$BENCH_BATCH`` files).
 * ``paper``: the paper's scale (SD 2.1-base UNet and VAE, the authors' compression and control
   modules). ``$BENCH_PAPER_MODEL`` names a converted model directory (``rdeic convert``); without it, a
   directory of the same shapes with random weights is written once to ``$BENCH_PAPER_DIR``
@@ -13,7 +17,7 @@ Each measurement runs in a fresh process, so that its peak memory (ru_maxrss) be
 and includes loading the model. The small model is timed after one warm-up run; the paper model, whose
 runs take minutes on a small CPU, once.
 
-    python benchmarks/bench.py [small] [paper]
+    python benchmarks/bench.py [small] [size] [batch] [paper]
 """
 
 from __future__ import annotations
@@ -32,12 +36,14 @@ PAPER_DIR = os.environ.get("BENCH_PAPER_DIR", "/tmp/rdeic-bench-paper")
 PAPER_LAMBDA = 2.0
 PLAN = {
     "small": {"runs": ("encode", "decode-2", "decode-5"), "warm_up": True},
+    "size": {"runs": ("size",), "warm_up": True},
+    "batch": {},
     "paper": {"runs": ("encode", "decode-2"), "warm_up": False},
 }
 
 
 def model_dir(name: str) -> str | None:
-    if name == "small":
+    if name in ("small", "size", "batch"):
         return os.environ.get("RDEIC_MODEL")  # None: the shipped default
     return os.environ.get("BENCH_PAPER_MODEL") or PAPER_DIR
 
@@ -72,6 +78,9 @@ def child(kind: str, rdc: str, folder: str | None, warm_up: bool) -> None:
     model = load_model(folder, "cpu")
     load_seconds = time.perf_counter() - t_load
     lam = model.config.get("lambda") or 0.25
+    if kind == "size":
+        print(json.dumps(size_search(model, bench_photo())))
+        return
     if kind == "encode":
         img = Image.open(PHOTO).convert("RGB")
         img = img.resize((768, 512), Image.LANCZOS) if img.size != (768, 512) else img
@@ -98,8 +107,75 @@ def child(kind: str, rdc: str, folder: str | None, warm_up: bool) -> None:
                       "peak_mb": round(peak), "threads": torch.get_num_threads(), **extra}))
 
 
+def bench_photo():
+    import numpy as np
+    from PIL import Image
+
+    img = Image.open(PHOTO).convert("RGB")
+    return np.asarray(img.resize((768, 512), Image.LANCZOS) if img.size != (768, 512) else img)
+
+
+def size_search(model, pixels) -> dict:
+    """A plain encode against --bpp targets (their search runs the VAE encoder and g_a once)."""
+    from rdeic_codec import codec, target
+
+    codec.encode(model, pixels, 0.25)  # warm-up
+    t0 = time.perf_counter()
+    codec.encode(model, pixels, 0.25)
+    plain = time.perf_counter() - t0
+    rows = []
+    for bpp in (0.03, 0.045, 0.06):
+        t0 = time.perf_counter()
+        result, found = target.encode_at_rate(model, pixels, bpp=bpp)
+        rows.append({"bpp_target": bpp, "bytes": len(result.data), "target_bytes": found.target_bytes,
+                     "lambda": result.lam, "probes": len(found.probes), "seconds": round(time.perf_counter() - t0, 3)})
+    return {"what": "size", "plain_seconds": round(plain, 3), "targets": rows}
+
+
+def batch_bench(count: int) -> None:
+    """``count`` files in one rdeic run (-o OUTDIR) against one rdeic process per file."""
+    import tempfile
+
+    from PIL import Image
+
+    rdeic = [sys.executable, os.path.join(ROOT, "bin", "rdeic")]
+    model = ["--model", model_dir("batch")] if model_dir("batch") else []
+    photo = Image.open(PHOTO).convert("RGB")
+    with tempfile.TemporaryDirectory(prefix="rdeic-bench-batch-") as tmp:
+        inputs = []
+        for i in range(count):  # different 256×256 crops: photo-like content of one size
+            x = (i * 97) % max(photo.width - 256, 1)
+            y = (i * 61) % max(photo.height - 256, 1)
+            inputs.append(os.path.join(tmp, f"photo{i:02d}.png"))
+            photo.crop((x, y, x + 256, y + 256)).save(inputs[-1])
+        print(f"rdeic benchmark, batch: {count} photos of 256x256 ({os.path.basename(PHOTO)} crops), CPU, "
+              f"one run with -o OUTDIR against {count} processes", flush=True)
+        rdcs = [os.path.join(tmp, "each", f"photo{i:02d}.rdc") for i in range(count)]
+        os.makedirs(os.path.join(tmp, "each"))
+        runs = {
+            "encode": ([rdeic + ["encode", *inputs, "-o", os.path.join(tmp, "one"), "-q", *model]],
+                       [rdeic + ["encode", src, dst, "-q", *model] for src, dst in zip(inputs, rdcs)]),
+            "decode-2": ([rdeic + ["decode", *rdcs, "-o", os.path.join(tmp, "one-rec"), "-q", "--steps", "2", *model]],
+                         [rdeic + ["decode", rdc, rdc[:-4] + ".png", "-q", "--steps", "2", *model] for rdc in rdcs]),
+        }
+        for kind, (one_run, per_file) in runs.items():
+            seconds = []
+            for commands in (per_file, one_run):  # per-file first: its .rdc files feed the decodes
+                t0 = time.perf_counter()
+                for cmd in commands:
+                    out = subprocess.run(cmd, capture_output=True, text=True)
+                    if out.returncode != 0:
+                        sys.exit(f"batch {kind} failed:\n{out.stderr[-2000:]}")
+                seconds.append(time.perf_counter() - t0)
+            print(f"  {kind:9s} {count} processes {seconds[0]:7.1f} s   one run {seconds[1]:7.1f} s   "
+                  f"({seconds[0] / seconds[1]:.1f}x faster, {seconds[1] / count:.2f} s per file)", flush=True)
+
+
 def main(names: list[str]) -> None:
     for name in names:
+        if name == "batch":
+            batch_bench(int(os.environ.get("BENCH_BATCH", "24")))
+            continue
         folder = model_dir(name)
         if name == "paper" and folder == PAPER_DIR and not os.path.isdir(PAPER_DIR):
             print(f"writing a random-weight paper-scale model to {PAPER_DIR} (once) ...", flush=True)
@@ -108,7 +184,8 @@ def main(names: list[str]) -> None:
         rdc = f"/tmp/rdeic-bench-{name}.rdc"
         timing = "after a warm-up run" if plan["warm_up"] else "one run"
         what = "random weights of the paper's shapes" if folder == PAPER_DIR else folder or "shipped default"
-        print(f"rdeic benchmark, {name} model ({what}): 768x512 photo "
+        title = "small model, --bpp targets" if name == "size" else f"{name} model"
+        print(f"rdeic benchmark, {title} ({what}): 768x512 photo "
               f"({os.path.basename(PHOTO)}), CPU, {timing}", flush=True)
         for kind in plan["runs"]:
             args = [sys.executable, __file__, "--child", kind, rdc, folder or "", "1" if plan["warm_up"] else "0"]
@@ -116,6 +193,13 @@ def main(names: list[str]) -> None:
             if out.returncode != 0:
                 sys.exit(f"{name} {kind} failed:\n{out.stderr[-2000:]}")
             r = json.loads(out.stdout.strip().splitlines()[-1])
+            if kind == "size":
+                for t in r["targets"]:
+                    ratio = t["seconds"] / r["plain_seconds"]
+                    print(f"  --bpp {t['bpp_target']:<6g} {t['seconds']:8.3f} s  {t['bytes']} of {t['target_bytes']} "
+                          f"bytes at lambda {t['lambda']:.4g}, {t['probes']} probes: {ratio:.1f}x a plain encode "
+                          f"({r['plain_seconds']:.3f} s)", flush=True)
+                continue
             tail = f", {r['bpp']} bpp at lambda {r['lambda']:g}" if "bpp" in r else ""
             print(f"  {kind:9s} {r['seconds']:8.3f} s  peak {r['peak_mb']:6d} MB  "
                   f"(model load {r['load_seconds']} s, {r['threads']} threads{tail})", flush=True)

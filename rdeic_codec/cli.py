@@ -110,11 +110,58 @@ def main():
     """
 
 
+def _inputs_and_output(paths: tuple[str, ...], out_dir: str | None, suffix: str) -> tuple[list[str], str | None]:
+    """(inputs, OUTPUT) of the single-file form ``INPUT OUTPUT``, or (inputs, None) with ``-o OUTDIR``."""
+    if out_dir is not None:
+        if "-" in paths:
+            fail("'-' (standard input) cannot be used with -o OUTDIR", EXIT_USAGE)
+        return list(paths), None
+    if len(paths) == 2:
+        return [paths[0]], paths[1]
+    if len(paths) < 2:
+        fail(f"missing OUTPUT: give INPUT OUTPUT, or inputs and -o OUTDIR (each written as OUTDIR/NAME{suffix})",
+             EXIT_USAGE)
+    fail(f"{len(paths)} paths given: several inputs need -o OUTDIR (each written as OUTDIR/NAME{suffix})", EXIT_USAGE)
+
+
+def _run_batch(inputs: list[str], out_dir: str, suffix: str, force: bool, quiet: bool, load, work) -> None:
+    """Many files, one model: ``work(model, job)`` per file; failures listed at the end, exit 1."""
+    from . import batch
+
+    jobs = batch.plan(inputs, out_dir, suffix, force)
+    model = load()  # a bad model fails before the folder is made
+    batch.prepare_out_dir(out_dir)
+    t0 = time.perf_counter()
+    failures = batch.run(jobs, lambda job: work(model, job), batch.FileProgress(len(jobs), quiet))
+    if failures:
+        click.echo(batch.summary(failures, len(jobs)), err=True)
+        sys.exit(EXIT_FAILURE)
+    _stats(quiet, f"{out_dir}: {len(jobs)} files, {batch.elapsed(t0)}")
+
+
+def _size_option(ctx, param, value):
+    if value is None:
+        return None
+    from .target import parse_size
+
+    try:
+        return parse_size(value)
+    except ValueError as e:
+        raise click.BadParameter(str(e)) from None
+
+
 @main.command(cls=_Command)
-@click.argument("input_path", metavar="INPUT")
-@click.argument("output", metavar="OUTPUT")
-@click.option("-l", "--lambda", "lam", type=float, default=0.25, show_default=True,
-              help="Rate parameter: higher keeps more detail and spends more bits (0.1 to 2 for the default model).")
+@click.argument("paths", metavar="INPUT... [OUTPUT]", nargs=-1, required=True)
+@click.option("-o", "--output-dir", "out_dir", metavar="OUTDIR", type=click.Path(file_okay=False), default=None,
+              help="Encode every INPUT to OUTDIR/NAME.rdc (created if missing), loading the model once.")
+@click.option("-l", "--lambda", "lam", type=float, default=None,
+              help="Rate parameter: higher keeps more detail and spends more bits (0.1 to 2 for the default model; "
+                   "default 0.25).")
+@click.option("--size", "size", callback=_size_option, metavar="BYTES", default=None,
+              help="Instead of --lambda: the largest file not over BYTES (1500, 1.5k = 1500, 2M), "
+                   "searched over the model's λ range.")
+@click.option("--bpp", type=float, default=None,
+              help="Instead of --lambda: the largest file not over this many bits per pixel.")
 @model_option
 @device_option
 @threads_option
@@ -123,31 +170,73 @@ def main():
 @click.option("--max-pixels", type=click.IntRange(1), default=None,
               help="Refuse images with more pixels than this, counted as for decode (default 16777216).")
 @half_option
-def encode(input_path, output, lam, model_dir, device, threads, quiet, force, max_pixels, half):
+def encode(paths, out_dir, lam, size, bpp, model_dir, device, threads, quiet, force, max_pixels, half):
     """Compress an image (PNG, JPEG, WebP, TIFF, BMP; '-' for stdin) to an .rdc file ('-' for stdout).
+
+    \b
+      rdeic encode in.png out.rdc --lambda 0.5
+      rdeic encode in.png out.rdc --size 2k        # the largest file not over 2000 bytes
+      rdeic encode *.png -o out/ --bpp 0.05        # out/NAME.rdc for each; the model loads once
 
     Alpha is not coded: transparent pixels are composited over white.
     """
     from .imageio import check_output, load_image, read_input, write_output
 
-    check_output(output, input_path, force)
-    image = load_image(read_input(input_path), check_size=lambda w, h: _check_size(w, h, max_pixels, "input image"))
-    if image.had_alpha:
-        _stats(quiet, "rdeic: warning: the alpha channel is not coded; composited over white")
-    model = _load(model_dir, device, threads, half)
-    from . import codec
+    if sum(v is not None for v in (lam, size, bpp)) > 1:
+        fail("give one of --lambda, --size and --bpp", EXIT_USAGE)
+    inputs, output = _inputs_and_output(paths, out_dir, ".rdc")
 
-    t0 = time.perf_counter()
-    result = codec.encode(model, image.pixels, lam)
-    seconds = time.perf_counter() - t0
-    write_output(output, result.data)
-    _stats(quiet, f"{output}: {result.width}x{result.height}, lambda {result.lam:g}, {len(result.data)} bytes, "
-                  f"{result.bpp:.4f} bpp, encode {seconds:.2f} s")
+    def encode_one(model, input_path, output, warn):
+        image = load_image(read_input(input_path),
+                           check_size=lambda w, h: _check_size(w, h, max_pixels, "input image"))
+        if image.had_alpha:
+            warn("the alpha channel is not coded; composited over white")
+        if model is None:
+            model = _load(model_dir, device, threads, half)
+        from .target import encode_at_rate
+
+        t0 = time.perf_counter()
+        result, search = encode_at_rate(model, image.pixels, lam, size, bpp)
+        seconds = time.perf_counter() - t0
+        write_output(output, result.data)
+        line = (f"{output}: {result.width}x{result.height}, lambda {result.lam:g}, {len(result.data)} bytes, "
+                f"{result.bpp:.4f} bpp, encode {seconds:.2f} s")
+        if search is not None:
+            n = len(search.probes)
+            line += f" (target {search.target_bytes} bytes, {n} probe{'s' if n > 1 else ''})"
+            if search.above_largest:
+                warn(f"target {search.target_bytes} bytes is above the largest file this model makes for "
+                     f"this image; wrote that one ({len(result.data)} bytes at lambda {result.lam:g})")
+        return line
+
+    if output is not None:  # the single-file form, unchanged: INPUT OUTPUT
+        check_output(output, inputs[0], force)
+        _stats(quiet, encode_one(None, inputs[0], output, lambda m: _stats(quiet, f"rdeic: warning: {m}")))
+        return
+
+    def work(model, job):
+        notes = []
+        line = encode_one(model, job.input, job.output, notes.append)
+        return "; ".join([line] + [f"warning: {n}" for n in notes])
+
+    def load_checked():
+        model = _load(model_dir, device, threads, half)
+        from . import codec, target
+
+        # What would fail every file fails once, before any work.
+        if lam is not None:
+            codec.check_lambda(model, lam)
+        elif size is not None or bpp is not None:
+            target.check_searchable(model)
+        return model
+
+    _run_batch(inputs, out_dir, ".rdc", force, quiet, load_checked, work)
 
 
 @main.command(cls=_Command)
-@click.argument("input_path", metavar="INPUT")
-@click.argument("output", metavar="OUTPUT")
+@click.argument("paths", metavar="INPUT... [OUTPUT]", nargs=-1, required=True)
+@click.option("-o", "--output-dir", "out_dir", metavar="OUTDIR", type=click.Path(file_okay=False), default=None,
+              help="Decode every INPUT to OUTDIR/NAME.png (created if missing), loading the model once.")
 @click.option("-s", "--steps", type=click.IntRange(0, 10), default=5, show_default=True,
               help="Denoising steps (2 and 5 are the trained ones; 0: fast preview without diffusion).")
 @click.option("-d", "--detail", type=float, default=1.0, show_default=True,
@@ -161,27 +250,42 @@ def encode(input_path, output, lam, model_dir, device, threads, quiet, force, ma
 @quiet_option
 @force_option
 @half_option
-def decode(input_path, output, steps, detail, max_pixels, model_dir, device, threads, quiet, force, half):
-    """Decompress an .rdc file ('-' for stdin) to an image (PNG, or by OUTPUT's extension; '-' for stdout)."""
+def decode(paths, out_dir, steps, detail, max_pixels, model_dir, device, threads, quiet, force, half):
+    """Decompress an .rdc file ('-' for stdin) to an image (PNG, or by OUTPUT's extension; '-' for stdout).
+
+    \b
+      rdeic decode in.rdc out.png --steps 5
+      rdeic decode *.rdc -o rec/                   # rec/NAME.png for each; the model loads once
+    """
     from .imageio import check_output, encode_image, output_format, read_input, write_output
 
-    fmt = output_format(output)
-    check_output(output, input_path, force)
-    data = read_input(input_path)
-    from .container import unpack
+    inputs, output = _inputs_and_output(paths, out_dir, ".png")
 
-    unpack(data)  # a damaged or foreign file fails here, before the model is loaded
-    model = _load(model_dir, device, threads, half)
-    from . import codec
+    def decode_one(model, input_path, output, progress=None):
+        fmt = output_format(output)
+        data = read_input(input_path)
+        from .container import unpack
 
-    t0 = time.perf_counter()
-    progress = _step_progress(steps, quiet)
-    pixels = codec.decode(model, data, steps=steps, detail=detail,
-                          max_pixels=max_pixels or codec.DEFAULT_MAX_PIXELS, progress=progress)
-    seconds = time.perf_counter() - t0
-    write_output(output, encode_image(pixels, fmt))
-    h, w = pixels.shape[:2]
-    _stats(quiet, f"{output}: {w}x{h}, {steps} steps, detail {detail:g}, decode {seconds:.2f} s")
+        unpack(data)  # a damaged or foreign file fails here, before the model is loaded
+        if model is None:
+            model = _load(model_dir, device, threads, half)
+        from . import codec
+
+        t0 = time.perf_counter()
+        pixels = codec.decode(model, data, steps=steps, detail=detail,
+                              max_pixels=max_pixels or codec.DEFAULT_MAX_PIXELS, progress=progress)
+        seconds = time.perf_counter() - t0
+        write_output(output, encode_image(pixels, fmt))
+        h, w = pixels.shape[:2]
+        return f"{output}: {w}x{h}, {steps} steps, detail {detail:g}, decode {seconds:.2f} s"
+
+    if output is not None:  # the single-file form, unchanged: INPUT OUTPUT
+        output_format(output)
+        check_output(output, inputs[0], force)
+        _stats(quiet, decode_one(None, inputs[0], output, _step_progress(steps, quiet)))
+        return
+    _run_batch(inputs, out_dir, ".png", force, quiet, lambda: _load(model_dir, device, threads, half),
+               lambda model, job: decode_one(model, job.input, job.output))
 
 
 def _step_progress(steps: int, quiet: bool):

@@ -79,6 +79,14 @@ def check_lambda(model, lam: float) -> float:
     return container.quantize_lambda(lam)
 
 
+def check_image(image: np.ndarray) -> None:
+    """Refuse anything but an (H, W, 3) uint8 RGB array (what :func:`encode` codes)."""
+    if not isinstance(image, np.ndarray) or image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
+        raise CodecError("encode expects an (H, W, 3) uint8 RGB image")
+    if image.shape[0] == 0 or image.shape[1] == 0:
+        raise CodecError("input image is empty")
+
+
 @torch.no_grad()
 def encode(model, image: np.ndarray, lam: float) -> EncodeResult:
     """Compress an (H, W, 3) uint8 RGB image.
@@ -88,15 +96,49 @@ def encode(model, image: np.ndarray, lam: float) -> EncodeResult:
         image: the image.
         lam: rate parameter λ (distortion weight; higher means more bits).
     """
-    if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
-        raise CodecError("encode expects an (H, W, 3) uint8 RGB image")
+    check_image(image)
+    check_lambda(model, lam)  # before the networks run
+    return encode_analysis(model, analyse_image(model, image), lam)
+
+
+# -- encoding in two halves, so a rate search (rdeic_codec/target.py) runs the first one once -------
+@dataclass
+class ImageAnalysis:
+    """What encoding computes before λ enters: g_a of the VAE encoder feature (un-gained)."""
+
+    y: torch.Tensor
+    width: int
+    height: int
+
+
+@torch.no_grad()
+def analyse_image(model, image: np.ndarray) -> ImageAnalysis:
+    """The λ-independent half of :func:`encode`: VAE encoder and g_a (most of an encode's time).
+
+    Args:
+        model: a loaded model.
+        image: an (H, W, 3) uint8 RGB image.
+    """
+    check_image(image)
     height, width = image.shape[:2]
-    lam = check_lambda(model, lam)
     device = next(model.parameters()).device
     x = _to_tensor(pad_image(image), device)
-    lam_t = torch.tensor([lam], device=device)
     feature = encoder_feature(model.vae, x.to(network_dtype(model.vae))).float()  # float16 VAE: see use_half
-    y, indices = model.compression.analyse(feature, lam_t)
+    return ImageAnalysis(model.compression.analysis_transform(feature), width, height)
+
+
+@torch.no_grad()
+def encode_analysis(model, analysis: ImageAnalysis, lam: float) -> EncodeResult:
+    """The λ-dependent half of :func:`encode`: gain, h_a, VQ and range coding.
+
+    Args:
+        model: the model that made ``analysis``.
+        analysis: from :func:`analyse_image`.
+        lam: rate parameter λ; the file stores (and the coder uses) its float16 value.
+    """
+    lam = check_lambda(model, lam)
+    device = analysis.y.device
+    y, indices = model.compression.analyse_at(analysis.y, torch.tensor([lam], device=device))
     path = model.entropy_path()
     table, gaussians = _coders(model)
     coder = LatentEncoder(table, gaussians)
@@ -104,9 +146,9 @@ def encode(model, image: np.ndarray, lam: float) -> EncodeResult:
     coder.encode_indices(idx.numpy(), path["quantize"].embed_prob)
     hyper = path["h_s"](path["quantize"].lookup(idx, torch.float64))
     coder.encode_latent(path["context"], hyper, y.cpu())
-    header = container.Header(model_id=model.model_id, lam=lam, width=width, height=height)
+    header = container.Header(model_id=model.model_id, lam=lam, width=analysis.width, height=analysis.height)
     data = container.pack(header, coder.finish())
-    return EncodeResult(data, lam, width, height, coder.estimated_bits)
+    return EncodeResult(data, lam, analysis.width, analysis.height, coder.estimated_bits)
 
 
 def read_header(model, data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS) -> tuple[container.Header, bytes]:

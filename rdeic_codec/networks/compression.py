@@ -243,7 +243,14 @@ class CompressionModule(nn.Module):
     # -- the two halves used at coding time ---------------------------------------------------
     def analyse(self, feature: torch.Tensor, lam: torch.Tensor):
         """Encoder side: scaled VAE feature → (gained y, VQ indices)."""
-        y = self.g_a(feature * self.cfg["feature_scale"])
+        return self.analyse_at(self.analysis_transform(feature), lam)
+
+    def analysis_transform(self, feature: torch.Tensor) -> torch.Tensor:
+        """The half of :meth:`analyse` that does not depend on λ: g_a of the scaled feature."""
+        return self.g_a(feature * self.cfg["feature_scale"])
+
+    def analyse_at(self, y: torch.Tensor, lam: torch.Tensor):
+        """The λ-dependent half of :meth:`analyse`: gain, h_a and VQ indices of g_a's output ``y``."""
         gain, _ = self.gains(lam)
         if gain is not None:
             y = y * gain
