@@ -27,7 +27,7 @@ import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
-PHOTO = os.environ.get("BENCH_IMAGE", os.path.join(ROOT, "..", "shared", "data", "valid", "gb82_city.png"))
+PHOTO = os.environ.get("BENCH_IMAGE", os.path.join(ROOT, "samples", "gb82_city.png"))
 PAPER_DIR = os.environ.get("BENCH_PAPER_DIR", "/tmp/rdeic-bench-paper")
 PAPER_LAMBDA = 2.0
 PLAN = {
