@@ -63,15 +63,15 @@ def resolve_device(name: str):
     return torch.device(name)
 
 
-def _load(model_dir: str | None, device_name: str, threads: int | None, half: bool = False):
+def _load(model_dir: str | None, device_name: str, threads: int | None, half: bool = False, encode_only=False):
     import torch
 
     if threads:
         torch.set_num_threads(threads)
-    from .model import load_model
+    from .model import COMPONENTS, ENCODER_COMPONENTS, load_model
 
     device = resolve_device(device_name)
-    return load_model(model_dir, device, half=half)
+    return load_model(model_dir, device, half=half, parts=ENCODER_COMPONENTS if encode_only else COMPONENTS)
 
 
 def _check_size(width: int, height: int, max_pixels: int | None, what: str) -> None:
@@ -86,7 +86,7 @@ def _stats(quiet: bool, message: str) -> None:
 
 
 model_option = click.option("--model", "model_dir", type=click.Path(file_okay=False), default=None,
-                            help="Model directory (default: the shipped models/rdeic-small, or $RDEIC_MODEL).")
+                            help="Model directory (default: $RDEIC_MODEL if set, else the shipped model).")
 device_option = click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto",
                              show_default=True, help="Where the networks run (entropy coding is always on the CPU).")
 threads_option = click.option("--threads", type=click.IntRange(1, 256), default=None,
@@ -134,7 +134,7 @@ def encode(input_path, output, lam, model_dir, device, threads, quiet, force, ma
     image = load_image(read_input(input_path), check_size=lambda w, h: _check_size(w, h, max_pixels, "input image"))
     if image.had_alpha:
         _stats(quiet, "rdeic: warning: the alpha channel is not coded; composited over white")
-    model = _load(model_dir, device, threads, half)
+    model = _load(model_dir, device, threads, half, encode_only=True)
     from . import codec
 
     t0 = time.perf_counter()
@@ -378,10 +378,10 @@ def eval_command(folder, lambdas, steps, baselines, out_dir, limit, detail, crop
         codec.check_lambda(model, lam)
     import torch
 
-    from .model import DEFAULT_MODEL
+    from .model import resolve_model_dir
 
     meta = {"rdeic_version": __version__, "torch_version": torch.__version__,
-            "model_dir": os.path.abspath(model_dir or DEFAULT_MODEL), "model_name": model.config.get("name"), "model_id": model.model_id.hex(),
+            "model_dir": os.path.abspath(resolve_model_dir(model_dir)), "model_name": model.config.get("name"), "model_id": model.model_id.hex(),
             "device": str(next(model.parameters()).device), "threads": torch.get_num_threads(), "half": half,
             "folder": os.path.abspath(folder), "started": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
     settings = EvalSettings(lambdas, steps, baselines, detail, crop)

@@ -10,9 +10,9 @@ import torch
 
 
 def build_vae(vae_config: dict):
-    from diffusers import AutoencoderKL
+    from .diffusers_import import import_module
 
-    return AutoencoderKL(**vae_config)
+    return import_module("diffusers.models.autoencoders.autoencoder_kl").AutoencoderKL(**vae_config)
 
 
 def encoder_feature(vae, image: torch.Tensor) -> torch.Tensor:
