@@ -134,6 +134,8 @@ def encode(input_path, output, lam, model_dir, device, threads, quiet, force, ma
     image = load_image(read_input(input_path), check_size=lambda w, h: _check_size(w, h, max_pixels, "input image"))
     if image.had_alpha:
         _stats(quiet, "rdeic: warning: the alpha channel is not coded; composited over white")
+    if image.colour_note:
+        _stats(quiet, f"rdeic: warning: {image.colour_note}")
     model = _load(model_dir, device, threads, half, encode_only=True)
     from . import codec
 
