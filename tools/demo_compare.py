@@ -35,7 +35,8 @@ def avif_at(original: Image.Image, num_bytes: int) -> tuple[np.ndarray | None, s
         close = find_close(codec, original, target)
         if close.reachable:
             enc = close.encoded
-            return enc.decoded, f"{name.upper()} {enc.num_bytes} bytes, {enc.bpp:.3f} bpp"
+            label = "AVIF" if name == "avif" else "AVIF at half size"
+            return enc.decoded, f"{label} {enc.num_bytes} bytes, {enc.bpp:.3f} bpp"
     return None, f"AVIF: its smallest file is larger than {num_bytes} bytes"
 
 
