@@ -229,7 +229,9 @@ def load_model(folder: str | None = None, device: str | torch.device = "cpu", ve
         if comp in model.parts:
             dtype = torch.float16 if half and comp in HALF_COMPONENTS else torch.float32
             _load_component(model.component(comp), path, comp, dtype, device)
-            model.component(comp).to(device, dtype)  # what is not stored (none today) follows; the rest is in place
+            # What is not stored (none today) follows; the rest is in place already. nn.Module.to, not
+            # diffusers' override, which warns on every dtype argument.
+            nn.Module.to(model.component(comp), device, dtype)
         else:
             _check_readable(path, comp)
     model.eval()
