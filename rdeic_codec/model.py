@@ -247,23 +247,19 @@ def _load_component(module: nn.Module, path: str, comp: str, dtype: torch.dtype,
 
     Floating tensors of any stored precision become ``dtype``; anything else must match exactly.
     """
-    from safetensors import SafetensorError, safe_open
+    from .weights import WeightFileError, iter_tensors
 
     expected = module.state_dict()  # names and dtypes of the empty tensors
-    state = {}
+
+    def cast(key, stored):
+        want = expected.get(key)
+        if want is not None and stored != want.dtype and not (stored.is_floating_point and want.is_floating_point()):
+            raise ModelError(f"{comp}.safetensors does not fit the config: {key} is {stored}, not {want.dtype}")
+        return dtype if stored.is_floating_point else None
+
     try:
-        with safe_open(path, framework="pt", device="cpu") as f:
-            for key in f.keys():
-                tensor = f.get_tensor(key)
-                want = expected.get(key)
-                if want is not None and tensor.dtype != want.dtype and not (
-                        tensor.is_floating_point() and want.is_floating_point()):
-                    raise ModelError(f"{comp}.safetensors does not fit the config: {key} is {tensor.dtype}, "
-                                     f"not {want.dtype}")
-                if tensor.is_floating_point():
-                    tensor = tensor.to(dtype)
-                state[key] = tensor.to(device)
-    except (SafetensorError, OSError) as e:
+        state = {key: tensor.to(device) for key, tensor in iter_tensors(path, cast)}
+    except WeightFileError as e:
         raise ModelError(f"cannot read {comp}.safetensors: {e}") from None
     try:
         module.load_state_dict(state, strict=True, assign=True)
