@@ -12,6 +12,9 @@ with, for the duration of that import only:
   would trace differently, and rdeic never compiles.
 * diffusers' "is scipy available" flag false, so its scheduler modules skip ``import scipy.stats``
   (used only for beta-sigma schedules).
+* ``importlib.metadata.packages_distributions`` returning nothing: diffusers calls it once to map
+  module names to distribution names (0.2 s scanning every installed package), needed only for three
+  optional integrations rdeic does not use (optimum-quanto, flashinfer, modelopt);
 * placeholder packages for the three ``__init__`` files above, so that only the submodules imported
   are executed. They are removed afterwards: a later ``import diffusers.models.transformers`` runs the
   real ``__init__``, which finds the modules imported here already loaded.
@@ -56,14 +59,18 @@ def import_module(name: str) -> types.ModuleType:
     import torch
 
     # Once torch._dynamo is loaded (say, by training code) there is nothing to gain from skipping it.
+    import importlib.metadata
+
     skip = _Skip() if "torch._dynamo" not in sys.modules else None
     real_disable = torch.compiler.disable
+    real_distributions = importlib.metadata.packages_distributions
     placeholders: list[str] = []
     flags, real_scipy = None, None
     try:
         if skip is not None:
             sys.meta_path.insert(0, skip)
             torch.compiler.disable = _identity_disable
+        importlib.metadata.packages_distributions = dict
         import diffusers.models  # noqa: F401 - the (lazy) package; its __init__ imports no model
         import diffusers.utils.import_utils
 
@@ -82,6 +89,7 @@ def import_module(name: str) -> types.ModuleType:
     except Exception:  # noqa: BLE001 - any surprise: undo below, then import the ordinary way
         pass
     finally:
+        importlib.metadata.packages_distributions = real_distributions
         if skip is not None:
             sys.meta_path.remove(skip)
             torch.compiler.disable = real_disable
