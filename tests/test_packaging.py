@@ -79,3 +79,13 @@ def test_wheel_carries_the_model_and_round_trips_a_photo(tmp_path):
     psnr = 10 * np.log10(255**2 / np.mean((back - img) ** 2))
     flat_psnr = 10 * np.log10(255**2 / np.mean((img.reshape(-1, 3).mean(0) - img) ** 2))
     assert psnr > flat_psnr + 2, (psnr, flat_psnr)  # the photo, not noise: the packaged model did the work
+
+
+def test_model_lookup_order(monkeypatch, tmp_path):
+    from rdeic_codec.model import DEFAULT_MODEL, resolve_model_dir
+
+    monkeypatch.delenv("RDEIC_MODEL", raising=False)
+    assert resolve_model_dir(None) == DEFAULT_MODEL == SHIPPED_MODEL  # a checkout: its models/rdeic-small
+    monkeypatch.setenv("RDEIC_MODEL", str(tmp_path))
+    assert resolve_model_dir(None) == str(tmp_path)
+    assert resolve_model_dir("given") == "given"
