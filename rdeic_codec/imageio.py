@@ -68,12 +68,15 @@ def _to_srgb(im, icc: bytes):
         alpha = im.convert("RGBA").getchannel("A")
     wanted = {"RGB": "RGB", "GRAY": "L", "CMYK": "CMYK"}.get(space)
     if im.mode != wanted:
-        return (im if alpha is None else _with_alpha(im, alpha)), None,             f"the embedded ICC profile ({space or 'unknown'} colour space) does not fit a {im.mode} image; "             "colours taken as sRGB"
+        unchanged = im if alpha is None else _with_alpha(im, alpha)
+        return unchanged, None, (f"the embedded ICC profile ({space or 'unknown'} colour space) does not fit "
+                                 f"a {im.mode} image; colours taken as sRGB")
     try:
         out = ImageCms.profileToProfile(im, source, _srgb_profile(), outputMode="RGB",
                                         renderingIntent=ImageCms.Intent.RELATIVE_COLORIMETRIC)
     except (OSError, ValueError, ImageCms.PyCMSError) as e:
-        return (im if alpha is None else _with_alpha(im, alpha)), None,             f"the embedded ICC profile cannot be applied ({e}); colours taken as sRGB"
+        unchanged = im if alpha is None else _with_alpha(im, alpha)
+        return unchanged, None, f"the embedded ICC profile cannot be applied ({e}); colours taken as sRGB"
     out.info.pop("transparency", None)
     return (out if alpha is None else _with_alpha(out.convert("RGB"), alpha)), name, None
 

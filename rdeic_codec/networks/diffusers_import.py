@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import importlib
 import importlib.abc
+import importlib.metadata
 import importlib.util
 import sys
 import types
@@ -59,8 +60,6 @@ def import_module(name: str) -> types.ModuleType:
     import torch
 
     # Once torch._dynamo is loaded (say, by training code) there is nothing to gain from skipping it.
-    import importlib.metadata
-
     skip = _Skip() if "torch._dynamo" not in sys.modules else None
     real_disable = torch.compiler.disable
     real_distributions = importlib.metadata.packages_distributions
