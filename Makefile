@@ -2,7 +2,7 @@
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
-DEMO_IMAGE ?= ../shared/data/valid/gb82_city.png
+DEMO_IMAGE ?= samples/gb82_city.png
 TRAIN_DIR ?= ../shared/data/train
 VALID_DIR ?= ../shared/data/valid
 WORK ?= ../runs/small
@@ -30,6 +30,7 @@ demo: setup
 	$(PY) bin/rdeic info $(OUT)/demo.rdc
 	$(PY) bin/rdeic decode $(OUT)/demo.rdc $(OUT)/demo.png --steps 5 --force
 	@echo "reconstruction: $(OUT)/demo.png"
+	$(PY) tools/demo_compare.py $(DEMO_IMAGE) $(OUT)/demo.rdc $(OUT)/demo.png -o $(OUT)/compare.png
 
 bench: setup
 	$(PY) benchmarks/bench.py

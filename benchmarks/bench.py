@@ -14,8 +14,13 @@ Two models:
   values. Encode, and decode with 2 steps (the authors' fast setting).
 
 Each measurement runs in a fresh process, so that its peak memory (ru_maxrss) belongs to that command
-and includes loading the model. The small model is timed after one warm-up run; the paper model, whose
-runs take minutes on a small CPU, once.
+and includes loading the model (``load``: the process after loading alone). The small model is timed
+after one warm-up run; the paper model, whose runs take minutes on a small CPU, once.
+
+For the small model, whole ``rdeic`` processes are timed too (median of 3, as a user runs them): the
+wall time beside the coding time the command prints, and what is left (interpreter, imports, model
+loading, reading and writing files) against ``python -c "import torch"`` timed in the same run. The
+goal: that rest at most 1.5 times the torch import.
 
     python benchmarks/bench.py [small] [size] [batch] [paper]
 """
@@ -24,22 +29,27 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import resource
+import statistics
 import subprocess
 import sys
+import tempfile
 import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
-PHOTO = os.environ.get("BENCH_IMAGE", os.path.join(ROOT, "..", "shared", "data", "valid", "gb82_city.png"))
+PHOTO = os.environ.get("BENCH_IMAGE", os.path.join(ROOT, "samples", "gb82_city.png"))
 PAPER_DIR = os.environ.get("BENCH_PAPER_DIR", "/tmp/rdeic-bench-paper")
 PAPER_LAMBDA = 2.0
 PLAN = {
-    "small": {"runs": ("encode", "decode-2", "decode-5"), "warm_up": True},
+    "small": {"runs": ("load", "encode", "decode-2", "decode-5"), "warm_up": True},
     "size": {"runs": ("size",), "warm_up": True},
     "batch": {},
-    "paper": {"runs": ("encode", "decode-2"), "warm_up": False},
+    "paper": {"runs": ("load", "encode", "decode-2"), "warm_up": False},
 }
+WHOLE_RUNS = 3
+RDEIC = os.path.join(ROOT, "bin", "rdeic")
 
 
 def model_dir(name: str) -> str | None:
@@ -72,19 +82,19 @@ def child(kind: str, rdc: str, folder: str | None, warm_up: bool) -> None:
     from PIL import Image
 
     from rdeic_codec import codec
-    from rdeic_codec.model import load_model
+    from rdeic_codec.model import COMPONENTS, ENCODER_COMPONENTS, load_model
 
     t_load = time.perf_counter()
-    model = load_model(folder, "cpu")
+    model = load_model(folder, "cpu", parts=ENCODER_COMPONENTS if kind in ("encode", "size") else COMPONENTS)
     load_seconds = time.perf_counter() - t_load
     lam = model.config.get("lambda") or 0.25
     if kind == "size":
-        print(json.dumps(size_search(model, bench_photo())))
+        print(json.dumps(size_search(model, np.asarray(bench_photo()))))
         return
-    if kind == "encode":
-        img = Image.open(PHOTO).convert("RGB")
-        img = img.resize((768, 512), Image.LANCZOS) if img.size != (768, 512) else img
-        pixels = np.asarray(img)
+    if kind == "load":
+        seconds, extra = load_seconds, {}
+    elif kind == "encode":
+        pixels = np.asarray(bench_photo())
         if warm_up:
             codec.encode(model, pixels, lam)
         t0 = time.perf_counter()
@@ -103,16 +113,54 @@ def child(kind: str, rdc: str, folder: str | None, warm_up: bool) -> None:
         seconds = time.perf_counter() - t0
         extra = {"steps": steps}
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    print(json.dumps({"what": kind, "seconds": round(seconds, 3), "load_seconds": round(load_seconds, 1),
+    print(json.dumps({"what": kind, "seconds": round(seconds, 3), "load_seconds": round(load_seconds, 2),
                       "peak_mb": round(peak), "threads": torch.get_num_threads(), **extra}))
 
 
 def bench_photo():
-    import numpy as np
     from PIL import Image
 
     img = Image.open(PHOTO).convert("RGB")
-    return np.asarray(img.resize((768, 512), Image.LANCZOS) if img.size != (768, 512) else img)
+    return img.resize((768, 512), Image.LANCZOS) if img.size != (768, 512) else img
+
+
+def _timed(args: list[str]) -> tuple[float, str]:
+    t0 = time.perf_counter()
+    out = subprocess.run(args, capture_output=True, text=True)
+    seconds = time.perf_counter() - t0
+    if out.returncode != 0:
+        sys.exit(f"{' '.join(args)} failed:\n{out.stderr[-2000:]}")
+    return seconds, out.stderr
+
+
+def whole_processes(folder: str | None) -> None:
+    """Median wall time of whole ``rdeic`` commands, their own coding time, and ``import torch``."""
+    tmp = tempfile.mkdtemp(prefix="rdeic-bench-")
+    photo, rdc, png = (os.path.join(tmp, n) for n in ("photo.png", "photo.rdc", "back.png"))
+    bench_photo().save(photo)
+    model = ["--model", folder] if folder else []
+    commands = {
+        "rdeic encode": [sys.executable, RDEIC, "encode", photo, rdc, "-f", *model],
+        "rdeic decode --steps 5": [sys.executable, RDEIC, "decode", rdc, png, "-f", "--steps", "5", *model],
+    }
+    torch_runs = []
+    runs: dict[str, list[tuple[float, float]]] = {name: [] for name in commands}
+    for _ in range(WHOLE_RUNS):  # interleaved, so that a change in machine load hits every command alike
+        torch_runs.append(_timed([sys.executable, "-c", "import torch"])[0])
+        for name, args in commands.items():
+            wall, stderr = _timed(args)
+            coding = float(re.findall(r"(?:encode|decode) ([0-9.]+) s", stderr)[-1])
+            runs[name].append((wall, coding))
+    t_torch = statistics.median(torch_runs)
+    print(f"  whole processes, median of {WHOLE_RUNS} (rest = wall - coding: interpreter, imports, model load, "
+          f"files):", flush=True)
+    print(f"  python -c 'import torch'  {t_torch:6.2f} s")
+    for name, values in runs.items():
+        wall = statistics.median(v[0] for v in values)
+        coding = statistics.median(v[1] for v in values)
+        rest = statistics.median(v[0] - v[1] for v in values)
+        print(f"  {name:24s}  {wall:6.2f} s  (coding {coding:.2f} s, rest {rest:.2f} s = "
+              f"{rest / t_torch:.2f} x import torch; goal <= 1.5)", flush=True)
 
 
 def size_search(model, pixels) -> dict:
@@ -201,8 +249,14 @@ def main(names: list[str]) -> None:
                           f"({r['plain_seconds']:.3f} s)", flush=True)
                 continue
             tail = f", {r['bpp']} bpp at lambda {r['lambda']:g}" if "bpp" in r else ""
+            if kind == "load":
+                print(f"  {kind:9s} {r['seconds']:8.3f} s  peak {r['peak_mb']:6d} MB  (all networks, in-process; "
+                      f"{r['threads']} threads)", flush=True)
+                continue
             print(f"  {kind:9s} {r['seconds']:8.3f} s  peak {r['peak_mb']:6d} MB  "
                   f"(model load {r['load_seconds']} s, {r['threads']} threads{tail})", flush=True)
+        if name == "small":
+            whole_processes(folder)
 
 
 if __name__ == "__main__":

@@ -63,15 +63,15 @@ def resolve_device(name: str):
     return torch.device(name)
 
 
-def _load(model_dir: str | None, device_name: str, threads: int | None, half: bool = False):
+def _load(model_dir: str | None, device_name: str, threads: int | None, half: bool = False, encode_only=False):
     import torch
 
     if threads:
         torch.set_num_threads(threads)
-    from .model import load_model
+    from .model import COMPONENTS, ENCODER_COMPONENTS, load_model
 
     device = resolve_device(device_name)
-    return load_model(model_dir, device, half=half)
+    return load_model(model_dir, device, half=half, parts=ENCODER_COMPONENTS if encode_only else COMPONENTS)
 
 
 def _check_size(width: int, height: int, max_pixels: int | None, what: str) -> None:
@@ -86,7 +86,7 @@ def _stats(quiet: bool, message: str) -> None:
 
 
 model_option = click.option("--model", "model_dir", type=click.Path(file_okay=False), default=None,
-                            help="Model directory (default: the shipped models/rdeic-small, or $RDEIC_MODEL).")
+                            help="Model directory (default: $RDEIC_MODEL if set, else the shipped model).")
 device_option = click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto",
                              show_default=True, help="Where the networks run (entropy coding is always on the CPU).")
 threads_option = click.option("--threads", type=click.IntRange(1, 256), default=None,
@@ -191,8 +191,10 @@ def encode(paths, out_dir, lam, size, bpp, model_dir, device, threads, quiet, fo
                            check_size=lambda w, h: _check_size(w, h, max_pixels, "input image"))
         if image.had_alpha:
             warn("the alpha channel is not coded; composited over white")
+        if image.colour_note:
+            warn(image.colour_note)
         if model is None:
-            model = _load(model_dir, device, threads, half)
+            model = _load(model_dir, device, threads, half, encode_only=True)
         from .target import encode_at_rate
 
         t0 = time.perf_counter()
@@ -220,7 +222,7 @@ def encode(paths, out_dir, lam, size, bpp, model_dir, device, threads, quiet, fo
         return "; ".join([line] + [f"warning: {n}" for n in notes])
 
     def load_checked():
-        model = _load(model_dir, device, threads, half)
+        model = _load(model_dir, device, threads, half, encode_only=True)
         from . import codec, target
 
         # What would fail every file fails once, before any work.
@@ -485,10 +487,10 @@ def eval_command(folder, lambdas, steps, baselines, out_dir, limit, detail, crop
         codec.check_lambda(model, lam)
     import torch
 
-    from .model import DEFAULT_MODEL
+    from .model import resolve_model_dir
 
     meta = {"rdeic_version": __version__, "torch_version": torch.__version__,
-            "model_dir": os.path.abspath(model_dir or DEFAULT_MODEL), "model_name": model.config.get("name"), "model_id": model.model_id.hex(),
+            "model_dir": os.path.abspath(resolve_model_dir(model_dir)), "model_name": model.config.get("name"), "model_id": model.model_id.hex(),
             "device": str(next(model.parameters()).device), "threads": torch.get_num_threads(), "half": half,
             "folder": os.path.abspath(folder), "started": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
     settings = EvalSettings(lambdas, steps, baselines, detail, crop)

@@ -3,9 +3,16 @@
 Input policy (what a user of an image codec expects, stated rather than silent):
 * any format Pillow reads (PNG, JPEG, WebP, TIFF, BMP, ...), 8- or 16-bit, grayscale, palette, CMYK;
 * EXIF orientation is applied, so the image is coded as it is displayed;
+* an embedded ICC profile (RGB, grayscale or CMYK; a Display-P3 phone photo, an Adobe RGB camera
+  file) is applied: the pixels are converted to sRGB (LittleCMS through Pillow's ImageCms, relative
+  colorimetric intent), so the decoded image, which is sRGB, shows the colours of the original; an
+  unreadable profile, or one that does not fit the image's mode, is ignored with a warning;
 * alpha (an alpha channel, or a PNG/GIF transparent colour) is not coded: transparent pixels are
   composited over white, and a warning says so;
-* grayscale images are coded as RGB and decode to RGB.
+* grayscale images are coded as RGB and decode to RGB;
+* no metadata is coded: EXIF (after its orientation is applied), XMP, IPTC, text chunks and the ICC
+  profile itself are dropped. At these rates they would cost more than the image (EXIF of a phone
+  photo alone is often 10-60 kB, the image 1-4 kB).
 """
 
 from __future__ import annotations
@@ -28,9 +35,77 @@ class ImageError(ValueError):
 
 @dataclass
 class LoadedImage:
-    pixels: np.ndarray  # (H, W, 3) uint8 RGB
+    pixels: np.ndarray  # (H, W, 3) uint8 sRGB
     had_alpha: bool
     source_mode: str
+    colour_note: str | None = None  # what happened to an embedded ICC profile, for a warning; None: nothing to say
+    converted_from: str | None = None  # the description of the ICC profile converted to sRGB
+
+
+def _to_srgb(im, icc: bytes):
+    """Convert a PIL image tagged with ICC profile ``icc`` to sRGB.
+
+    Returns (image, profile description, note): the image is RGB, or RGBA when it had alpha, which
+    is carried over unchanged; note is None, or why the profile was ignored (image returned as is).
+    """
+    from PIL import Image, ImageCms
+
+    try:
+        source = ImageCms.ImageCmsProfile(io.BytesIO(icc))
+        space = source.profile.xcolor_space.strip()
+        name = (source.profile.profile_description or "unnamed profile").strip()
+    except (OSError, ValueError, TypeError, ImageCms.PyCMSError) as e:
+        return im, None, f"the embedded ICC profile cannot be read ({e}); colours taken as sRGB"
+    alpha = None
+    if im.mode in _GRAY16 and space == "GRAY":
+        im = Image.fromarray(_gray16_to_8(im))
+    if im.mode in ("P", "PA"):  # palette entries are colours in the profile's space
+        im = im.convert("RGBA" if im.mode == "PA" or "transparency" in im.info else "RGB")
+    if im.mode in ("RGBA", "LA"):
+        alpha = im.getchannel("A")
+        im = im.convert(im.mode[:-1])
+    if im.mode == "RGB" and "transparency" in im.info:  # a tRNS colour key names a colour before conversion
+        alpha = im.convert("RGBA").getchannel("A")
+    wanted = {"RGB": "RGB", "GRAY": "L", "CMYK": "CMYK"}.get(space)
+    if im.mode != wanted:
+        unchanged = im if alpha is None else _with_alpha(im, alpha)
+        return unchanged, None, (f"the embedded ICC profile ({space or 'unknown'} colour space) does not fit "
+                                 f"a {im.mode} image; colours taken as sRGB")
+    try:
+        out = ImageCms.profileToProfile(im, source, _srgb_profile(), outputMode="RGB",
+                                        renderingIntent=ImageCms.Intent.RELATIVE_COLORIMETRIC)
+    except (OSError, ValueError, ImageCms.PyCMSError) as e:
+        unchanged = im if alpha is None else _with_alpha(im, alpha)
+        return unchanged, None, f"the embedded ICC profile cannot be applied ({e}); colours taken as sRGB"
+    out.info.pop("transparency", None)
+    return (out if alpha is None else _with_alpha(out.convert("RGB"), alpha)), name, None
+
+
+def _with_alpha(im, alpha):
+    im = im.convert("RGB" if im.mode != "L" else "L")
+    im.putalpha(alpha)
+    return im
+
+
+_SRGB = None
+
+
+def _srgb_profile():
+    global _SRGB
+    if _SRGB is None:
+        from PIL import ImageCms
+
+        _SRGB = ImageCms.ImageCmsProfile(ImageCms.createProfile("sRGB"))
+    return _SRGB
+
+
+_GRAY16 = ("I;16", "I;16B", "I;16L", "I;16N", "I", "F")
+
+
+def _gray16_to_8(im) -> np.ndarray:
+    # 16-bit data spans 0..65535; 32-bit integer and float data are taken as 0..65535 too.
+    arr = np.asarray(im, dtype=np.float64)
+    return np.clip(np.rint(arr / 257.0), 0, 255).astype(np.uint8)
 
 
 def _to_rgb8(im) -> tuple[np.ndarray, bool]:
@@ -40,11 +115,8 @@ def _to_rgb8(im) -> tuple[np.ndarray, bool]:
     # "transparency" in L/RGB/P images: a tRNS colour key or palette alpha, which convert("RGBA") applies.
     had_alpha = mode in ("RGBA", "LA", "PA", "RGBa", "La") or \
         (mode in ("P", "L", "RGB") and "transparency" in im.info)
-    if mode in ("I;16", "I;16B", "I;16L", "I;16N", "I", "F"):
-        arr = np.asarray(im, dtype=np.float64)
-        # 16-bit data spans 0..65535; 32-bit integer and float data are taken as 0..65535 too.
-        arr = np.clip(np.rint(arr / 257.0), 0, 255).astype(np.uint8)
-        return np.repeat(arr[:, :, None], 3, axis=2), False
+    if mode in _GRAY16:
+        return np.repeat(_gray16_to_8(im)[:, :, None], 3, axis=2), False
     if had_alpha:
         rgba = im.convert("RGBA")
         white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
@@ -78,13 +150,17 @@ def load_image(source: str | bytes, check_size=None) -> LoadedImage:
         try:
             im.load()
             mode = im.mode
+            icc = im.info.get("icc_profile")
             im = ImageOps.exif_transpose(im)
+            name = note = None
+            if icc:
+                im, name, note = _to_srgb(im, icc)
             pixels, had_alpha = _to_rgb8(im)
         except errors as e:
             raise _image_error(e) from None
     if pixels.ndim != 3 or pixels.shape[0] == 0 or pixels.shape[1] == 0:
         raise ImageError("input image is empty")
-    return LoadedImage(np.ascontiguousarray(pixels), had_alpha, mode)
+    return LoadedImage(np.ascontiguousarray(pixels), had_alpha, mode, note, name)
 
 
 def _image_error(e: Exception) -> ImageError:

@@ -10,7 +10,12 @@ import torch
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SHIPPED_MODEL = os.path.join(ROOT, "models", "rdeic-small")
-VALID_DIR = os.path.join(os.path.dirname(ROOT), "shared", "data", "valid")
+# Three CC0 photos shipped with the repository (samples/README.md): the real photos tests use.
+SAMPLES = os.path.join(ROOT, "samples")
+
+
+def sample_photo(name: str = "gb82_city.png") -> str:
+    return os.path.join(SAMPLES, name)
 
 
 def make_tiny_model(folder: str, seed: int = 0, profile: str = "tiny") -> str:

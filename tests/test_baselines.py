@@ -12,22 +12,19 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from conftest import sample_photo
 from rdeic_codec.evaluation import baselines
 from rdeic_codec.evaluation.metrics import psnr
 
-PHOTO = Path("/work/shared/data/valid/gb82_flowers.png")
+PHOTO = Path(sample_photo("gb82_flowers.png"))
 TARGETS = (0.25, 0.6, 1.5)  # bpp; rates on a tiny crop are far higher than on full images
 
 
 @pytest.fixture(scope="module")
 def image() -> Image.Image:
     """A small photo crop with odd sides (exercises avif-half's size parity)."""
-    if PHOTO.exists():
-        with Image.open(PHOTO) as im:
-            return im.convert("RGB").crop((200, 180, 297, 255))  # 97 x 75
-    rng = np.random.default_rng(0)
-    smooth = np.cumsum(rng.normal(0, 6, (75, 97, 3)), axis=1)
-    return Image.fromarray(np.clip(smooth + 128, 0, 255).astype(np.uint8))
+    with Image.open(PHOTO) as im:
+        return im.convert("RGB").crop((200, 180, 297, 255))  # 97 x 75
 
 
 def _codec(name: str) -> baselines.Codec:

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from conftest import ROOT, SHIPPED_MODEL, VALID_DIR, smooth_image
+from conftest import ROOT, SHIPPED_MODEL, sample_photo, smooth_image
 
 RDEIC = [sys.executable, os.path.join(ROOT, "bin", "rdeic")]
 
@@ -80,11 +80,7 @@ def test_training_on_unusable_folders_is_one_line(tmp_path):
 
 @pytest.mark.skipif(not os.path.isdir(SHIPPED_MODEL), reason="the shipped model is missing")
 def test_shipped_model_reconstructs_a_photo(tmp_path):
-    photo = os.path.join(VALID_DIR, "gb82_city.png")
-    if os.path.exists(photo):
-        img = np.asarray(Image.open(photo).convert("RGB"))[:256, :256]
-    else:  # outside the project's workspace: a synthetic stand-in
-        img = smooth_image(256, 256)
+    img = np.asarray(Image.open(sample_photo("gb82_city.png")).convert("RGB"))[:256, :256]
     src = tmp_path / "photo.png"
     Image.fromarray(img).save(src)
     assert run("encode", src, tmp_path / "p.rdc", "--lambda", "2").returncode == 0

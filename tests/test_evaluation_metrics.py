@@ -4,24 +4,20 @@ from __future__ import annotations
 
 import io
 import math
-from pathlib import Path
 
 import numpy as np
 import pytest
 from PIL import Image
 
+from conftest import sample_photo
 from rdeic_codec.evaluation import metrics, niqe
 
-VALID = Path("/work/shared/data/valid")
-# Check values of /work/shared/metrics/README.md (MATLAB-compatible NIQE, BT.601 luma, no crop).
+# Check values of the shipped CC0 sample photos (samples/README.md: MATLAB-compatible NIQE, BT.601 luma, no crop).
 NIQE_CHECK = {"gb82_city.png": 3.321, "gb82_flowers.png": 2.988, "gb82_grass.png": 5.068}
 
 
 def _photo(name: str) -> np.ndarray:
-    path = VALID / name
-    if not path.exists():
-        pytest.skip(f"check image {path} not available")
-    with Image.open(path) as im:
+    with Image.open(sample_photo(name)) as im:
         return np.array(im.convert("RGB"), dtype=np.uint8)
 
 

@@ -30,8 +30,8 @@ def rgb_to_y(rgb: np.ndarray) -> np.ndarray:
     """BT.601 luma of an 8-bit RGB image, as MATLAB ``rgb2ycbcr`` on ``im2double`` input, times 255.
 
     Y = 16 + 65.481 R + 128.553 G + 24.966 B with R, G, B in [0, 1], so Y is in [16, 235]
-    (ITU-R BT.601 studio range). Y is *not* rounded to integers: the check values of
-    ``/work/shared/metrics/README.md`` are reproduced only with unrounded luma (rounding moves NIQE
+    (ITU-R BT.601 studio range). Y is *not* rounded to integers: the NIQE check values of the
+    sample photos (``samples/README.md``) are reproduced only with unrounded luma (rounding moves NIQE
     by up to about 0.05 on those photos).
 
     Args:

@@ -90,9 +90,9 @@ def build_vae(vae_config: dict):
         return ShuffleAutoencoder(vae_config)
     if kind != "kl":
         raise ValueError(f"unknown autoencoder type {kind!r}")
-    from diffusers import AutoencoderKL
+    from .diffusers_import import import_module
 
-    return AutoencoderKL(**config)
+    return import_module("diffusers.models.autoencoders.autoencoder_kl").AutoencoderKL(**config)
 
 
 def scaling_factor(vae) -> float:

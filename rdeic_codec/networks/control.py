@@ -16,16 +16,17 @@ from torch import nn
 
 
 def _blocks():
-    from diffusers.models.embeddings import TimestepEmbedding, Timesteps
-    from diffusers.models.unets.unet_2d_blocks import get_down_block, get_mid_block
+    from .diffusers_import import import_module
 
-    return TimestepEmbedding, Timesteps, get_down_block, get_mid_block
+    embeddings = import_module("diffusers.models.embeddings")
+    blocks = import_module("diffusers.models.unets.unet_2d_blocks")
+    return embeddings.TimestepEmbedding, embeddings.Timesteps, blocks.get_down_block, blocks.get_mid_block
 
 
 def build_unet(unet_config: dict):
-    from diffusers import UNet2DConditionModel
+    from .diffusers_import import import_module
 
-    return UNet2DConditionModel(**unet_config)
+    return import_module("diffusers.models.unets.unet_2d_condition").UNet2DConditionModel(**unet_config)
 
 
 def encoder_unit_channels(block_out_channels, layers_per_block: int, down_types) -> list[int]:

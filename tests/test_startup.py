@@ -1,0 +1,82 @@
+"""What a command imports and builds: the start-up cost of a process (times: ``make bench``)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import torch
+
+from conftest import ROOT, smooth_image
+
+# Modules diffusers imports by default that rdeic never runs (together about 2 s on the 2-core CPU).
+HEAVY = ("torch._dynamo", "scipy.stats",
+         "diffusers.models.transformers.auraflow_transformer_2d", "diffusers.models.unets.unet_3d_condition",
+         "diffusers.models.autoencoders.autoencoder_dc")
+
+
+def _in_fresh_process(code: str) -> dict:
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": ROOT}
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, cwd=ROOT)
+    assert out.returncode == 0, out.stderr
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def test_coding_imports_none_of_the_heavy_modules(tiny_model_dir, tmp_path):
+    np.save(tmp_path / "img.npy", smooth_image(64, 96))
+    result = _in_fresh_process(f"""
+import json, sys
+import numpy as np
+from rdeic_codec import codec
+from rdeic_codec.model import load_model
+model = load_model({tiny_model_dir!r})
+data = codec.encode(model, np.load({str(tmp_path / "img.npy")!r}), 1.0).data
+pixels = codec.decode(model, data, steps=2)
+print(json.dumps({{"loaded": [m for m in {HEAVY!r} if m in sys.modules], "shape": list(pixels.shape)}}))
+""")
+    assert result == {"loaded": [], "shape": [64, 96, 3]}
+
+
+def test_diffusers_classes_are_the_ordinary_ones_and_diffusers_still_imports_fully(tiny_model_dir):
+    result = _in_fresh_process(f"""
+import json
+from rdeic_codec.model import load_model
+model = load_model({tiny_model_dir!r})
+from diffusers import AutoencoderKL, UNet2DConditionModel  # the full package, after rdeic's light import
+import diffusers.models.transformers as transformers
+import torch._dynamo
+print(json.dumps({{"unet": type(model.unet) is UNet2DConditionModel, "vae": type(model.vae) is AutoencoderKL,
+                   "transformers": hasattr(transformers, "AuraFlowTransformer2DModel")}}))
+""")
+    assert result == {"unet": True, "vae": True, "transformers": True}
+
+
+def test_encoding_builds_only_what_it_runs(tiny_model_dir):
+    from rdeic_codec.model import ENCODER_COMPONENTS, load_model
+
+    full = load_model(tiny_model_dir)
+    enc = load_model(tiny_model_dir, parts=ENCODER_COMPONENTS)
+    assert enc.unet is None and enc.control is None
+    image = smooth_image(64, 64)
+    from rdeic_codec import codec
+
+    assert codec.encode(enc, image, 0.5).data == codec.encode(full, image, 0.5).data
+
+
+def test_loaded_weights_are_the_stored_values_in_the_running_dtype(tiny_model_dir):
+    from safetensors.torch import load_file
+
+    from rdeic_codec.model import load_model
+
+    stored = load_file(os.path.join(tiny_model_dir, "unet.safetensors"))
+    for half in (False, True):
+        model = load_model(tiny_model_dir, half=half)
+        state = model.unet.state_dict()
+        want = torch.float16 if half else torch.float32
+        assert {v.dtype for v in state.values() if v.is_floating_point()} == {want}
+        for key, value in stored.items():
+            assert torch.equal(state[key], value.to(want)), key
+        assert {v.dtype for v in model.compression.state_dict().values() if v.is_floating_point()} == {torch.float32}
