@@ -61,6 +61,12 @@ def _halo(*modules) -> int:
     return math.ceil(sum(receptive_radius(m) for m in modules))
 
 
+def _exact(block: int, halo: int) -> TilePlan:
+    """Exact tiles of ``block`` units; a halo too large for the block is cut (tiles then only
+    approximate the untiled result, still as a function of the sizes alone)."""
+    return TilePlan.exact(block, min(halo, (block - 1) // 2))
+
+
 def _reflect(index: np.ndarray, n: int) -> np.ndarray:
     """numpy's "symmetric" padding as indices: ... 1 0 | 0 1 … n−1 | n−1 n−2 ..."""
     j = index % (2 * n)
@@ -101,7 +107,7 @@ def analyse(model, image: np.ndarray, padded: tuple[int, int], lam_t: torch.Tens
     y = run_tiled(y_tile, ph // 16, pw // 16, _blended(tiles(model)["encoder"], 16), 1)
     block = tiles(model)["compression"] // 64
     z = run_tiled(lambda r0, r1, c0, c1: comp.h_a(y[..., 4 * r0 : 4 * r1, 4 * c0 : 4 * c1]),
-                  ph // 64, pw // 64, TilePlan.exact(block, math.ceil(_halo(comp.h_a) / 4)), 1)
+                  ph // 64, pw // 64, _exact(block, math.ceil(_halo(comp.h_a) / 4)), 1)
     return y, comp.quantize.indices(z)
 
 
@@ -121,7 +127,7 @@ def hyper_parameters(model, indices: torch.Tensor) -> torch.Tensor:
     z_hat = path["quantize"].lookup(indices, torch.float64)
     h_s = path["h_s"]
     block = entropy_block(model) // 4
-    plan = TilePlan.exact(block, min(_halo(h_s), (block - 1) // 2))
+    plan = _exact(block, _halo(h_s))
     return run_tiled(lambda r0, r1, c0, c1: h_s(z_hat[..., r0:r1, c0:c1]), z_hat.shape[2], z_hat.shape[3], plan, 4)
 
 
@@ -137,7 +143,7 @@ class TiledContext:
 
     def _run(self, fn, like: torch.Tensor, halo: int):
         h, w = like.shape[-2:]
-        return run_tiled(fn, h, w, TilePlan.exact(self.block, min(halo, (self.block - 1) // 2)), 1)
+        return run_tiled(fn, h, w, _exact(self.block, halo), 1)
 
     def slice_inputs(self, i, hyper, previous):
         if i == 0:
@@ -166,7 +172,7 @@ def synthesise(model, y_hat: torch.Tensor, lam_t: torch.Tensor):
     comp = model.compression
     block = tiles(model)["compression"] // 16
     halo = _halo(torch.nn.Sequential(*comp.g_s, comp.out))
-    plan = TilePlan.exact(block, min(halo, (block - 1) // 2))
+    plan = _exact(block, halo)
     return run_tiled(lambda r0, r1, c0, c1: comp.synthesise(y_hat[..., r0:r1, c0:c1], lam_t),
                      y_hat.shape[2], y_hat.shape[3], plan, 2)
 
@@ -201,3 +207,20 @@ def decode_image(model, latent: torch.Tensor, height: int, width: int, to_uint8)
 
     run_tiled(tile, latent.shape[2], latent.shape[3], _blended(tiles(model)["decoder"], 8), 8, emit=emit)
     return out
+
+
+def seams(model, height: int, width: int) -> tuple[list[int], list[int]]:
+    """Pixel rows and columns where blended tiles meet (the middle of each overlap), for every blended
+    stage: where a seam would show. For measurements (``make bench``, tests)."""
+    from .tiling import spans
+
+    ph, pw = -(-height // 64) * 64, -(-width // 64) * 64
+    found = ([], [])
+    for stage, unit in (("encoder", 16), ("denoiser", 64), ("decoder", 8)):
+        plan = _blended(tiles(model)[stage], unit)
+        for axis, n in enumerate((ph, pw)):
+            extents = spans(n // unit, plan.tile, plan.overlap)
+            for (_, stop), (start, _) in zip(extents, extents[1:]):
+                found[axis].append((start + stop) * unit // 2)
+    rows, cols = (sorted({p for p in f if p < limit}) for f, limit in zip(found, (height, width)))
+    return rows, cols

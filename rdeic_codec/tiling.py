@@ -69,7 +69,7 @@ def axis_weights(n: int, extents: list[tuple[int, int]], plan: TilePlan, unit: i
     margin, ramp = plan.margin * plan.overlap * unit, plan.ramp * plan.overlap * unit
     for start, stop in extents:
         q = np.arange((stop - start) * unit, dtype=np.float64) + 0.5
-        d = np.minimum(q if start > 0 else np.inf, (stop - start) * unit - q if stop < n else np.inf)
+        d = np.minimum(q if start > 0 else np.inf, (stop - start) * unit - q if stop < n else np.inf) + 0 * q
         raw.append(np.clip((d - margin) / ramp, 0.0, 1.0) if ramp else (d > margin).astype(np.float64))
     total = np.zeros(n * unit)
     for (start, _), w in zip(extents, raw):
