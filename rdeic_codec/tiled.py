@@ -37,7 +37,7 @@ TILES = {
     "denoiser": (1024, 128),
     "decoder": (768, 128),
     "compression": 4096,
-    "entropy": 1024,
+    "entropy": 2048,
 }
 # SD's VAE and UNet at their native 512 px (diffusers' own VAE tiling uses 512 px with a 25% overlap).
 PAPER_TILES = {"encoder": (512, 128), "denoiser": (512, 128), "decoder": (512, 128)}
