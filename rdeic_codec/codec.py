@@ -97,7 +97,8 @@ def encode(model, image: np.ndarray, lam: float) -> EncodeResult:
     device = next(model.parameters()).device
     padded = (-(-height // PAD) * PAD, -(-width // PAD) * PAD)
     lam_t = torch.tensor([lam], device=device)
-    y, indices = tiled.analyse(model, image, padded, lam_t, lambda tile: _to_tensor(tile, device))
+    y = tiled.analysis_transform(model, image, padded, lambda tile: _to_tensor(tile, device))
+    y, indices = tiled.gain_and_indices(model, y, lam_t)
     path = model.entropy_path()
     table, gaussians = _coders(model)
     coder = LatentEncoder(table, gaussians)

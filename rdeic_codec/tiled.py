@@ -83,31 +83,37 @@ def image_tile(image: np.ndarray, r0: int, r1: int, c0: int, c1: int) -> np.ndar
 
 # -- encoder -------------------------------------------------------------------------------------
 
-def analyse(model, image: np.ndarray, padded: tuple[int, int], lam_t: torch.Tensor, to_tensor):
-    """Image → (gained y at 1/16, VQ indices at 1/64), in tiles.
+def analysis_transform(model, image: np.ndarray, padded: tuple[int, int], to_tensor) -> torch.Tensor:
+    """Image → y at 1/16 before the λ gain, in blended tiles: the part of encoding that does not
+    depend on λ (a search over λ can keep it).
 
     Args:
         model: the model.
         image: (H, W, 3) uint8, not padded.
         padded: (height, width) padded to multiples of 64.
-        lam_t: (1,) λ on the model's device.
         to_tensor: uint8 (h, w, 3) array → (1, 3, h, w) network input on the device.
     """
     comp = model.compression
-    gain, _ = comp.gains(lam_t)
     vae_dtype = network_dtype(model.vae)
 
     def y_tile(r0, r1, c0, c1):
         x = to_tensor(image_tile(image, 16 * r0, 16 * r1, 16 * c0, 16 * c1))
         feature = encoder_feature(model.vae, x.to(vae_dtype)).float()  # float16 VAE: see use_half
-        y = comp.g_a(feature * comp.cfg["feature_scale"])
-        return y if gain is None else y * gain
+        return comp.g_a(feature * comp.cfg["feature_scale"])
 
     ph, pw = padded
-    y = run_tiled(y_tile, ph // 16, pw // 16, _blended(tiles(model)["encoder"], 16), 1)
+    return run_tiled(y_tile, ph // 16, pw // 16, _blended(tiles(model)["encoder"], 16), 1)
+
+
+def gain_and_indices(model, y: torch.Tensor, lam_t: torch.Tensor):
+    """y before the gain → (gained y, VQ indices at 1/64); h_a in exact tiles."""
+    comp = model.compression
+    gain, _ = comp.gains(lam_t)
+    if gain is not None:
+        y = y * gain
     block = tiles(model)["compression"] // 64
     z = run_tiled(lambda r0, r1, c0, c1: comp.h_a(y[..., 4 * r0 : 4 * r1, 4 * c0 : 4 * c1]),
-                  ph // 64, pw // 64, _exact(block, math.ceil(_halo(comp.h_a) / 4)), 1)
+                  y.shape[2] // 4, y.shape[3] // 4, _exact(block, math.ceil(_halo(comp.h_a) / 4)), 1)
     return y, comp.quantize.indices(z)
 
 
