@@ -13,6 +13,12 @@ Two models:
   (default ``/tmp/rdeic-bench-paper``, about 2.1 GB). Time and memory depend on the shapes, not the
   values. Encode, and decode with 2 steps (the authors' fast setting).
 
+* ``sizes``: the small model on synthetic photo-like images of 0.4, 6 and 24 megapixels (drawn once
+  into ``$BENCH_IMAGE_DIR``, default ``/tmp/rdeic-bench-images``): seconds per megapixel and peak
+  memory of encode and of decode with 2 steps, which tiling keeps bounded (``rdeic_codec/tiled.py``),
+  and the PSNR in 32-px bands along the tile borders against the whole image's (seams would lower
+  it). One run each; the 24 MP runs take minutes on a small CPU.
+
 Each measurement runs in a fresh process, so that its peak memory (ru_maxrss) belongs to that command
 and includes loading the model (``load``: the process after loading alone). The small model is timed
 after one warm-up run; the paper model, whose runs take minutes on a small CPU, once.
@@ -22,7 +28,7 @@ wall time beside the coding time the command prints, and what is left (interpret
 loading, reading and writing files) against ``python -c "import torch"`` timed in the same run. The
 goal: that rest at most 1.5 times the torch import.
 
-    python benchmarks/bench.py [small] [size] [batch] [paper]
+    python benchmarks/bench.py [small] [size] [batch] [paper] [sizes]
 """
 
 from __future__ import annotations
@@ -47,9 +53,119 @@ PLAN = {
     "size": {"runs": ("size",), "warm_up": True},
     "batch": {},
     "paper": {"runs": ("load", "encode", "decode-2"), "warm_up": False},
+    "sizes": {"runs": ("encode", "decode-2"), "warm_up": False},
 }
 WHOLE_RUNS = 3
 RDEIC = os.path.join(ROOT, "bin", "rdeic")
+IMAGE_DIR = os.environ.get("BENCH_IMAGE_DIR", "/tmp/rdeic-bench-images")
+SIZES = {"0.4": (768, 512), "6": (3000, 2000), "24": (6000, 4000)}  # megapixels: (width, height)
+SIZES_LAMBDA = 0.25
+
+
+def synthetic_photo(width: int, height: int, seed: int = 0):
+    """A photo-like test image: overlapping shapes of muted colours (edges at every scale), a light
+    gradient and multi-octave 1/f-like texture. Deterministic for a given size and seed."""
+    import numpy as np
+    from PIL import Image, ImageDraw, ImageFilter
+
+    rng = np.random.default_rng(seed)
+    base = Image.new("RGB", (width, height), tuple(int(v) for v in rng.integers(60, 200, 3)))
+    draw = ImageDraw.Draw(base)
+    scale = (width * height) ** 0.5
+    for _ in range(int(150 + 400 * width * height / 1e6)):
+        x, y = rng.uniform(0, width), rng.uniform(0, height)
+        r = scale * np.exp(rng.uniform(np.log(0.003), np.log(0.12)))
+        color = tuple(int(v) for v in 0.45 * rng.integers(0, 256, 3) + 0.55 * rng.integers(40, 220))
+        if rng.random() < 0.5:
+            draw.ellipse([x - r, y - r * rng.uniform(0.3, 1), x + r, y + r], fill=color)
+        else:
+            draw.polygon([(x + r * np.cos(a), y + r * np.sin(a)) for a in np.sort(rng.uniform(0, 2 * np.pi, 5))],
+                         fill=color)
+    img = np.asarray(base.filter(ImageFilter.GaussianBlur(1.2)), dtype=np.float32)
+    yy = np.linspace(-1, 1, height, dtype=np.float32)[:, None, None]
+    img = img * (1.0 - 0.25 * yy) + 20 * np.float32([0.2, 0.5, 1.0]) * (yy < 0)  # light from above
+    for k in range(9):
+        cell = 2**k
+        field = rng.normal(0, 1, (height // cell + 2, width // cell + 2)).astype(np.float32)
+        up = np.asarray(Image.fromarray(field, "F").resize((width, height), Image.BICUBIC))
+        img += (1.5 * cell**0.45) * up[..., None] * np.float32([1.0, 0.95, 0.9])
+    return Image.fromarray(np.clip(img, 0, 255).astype(np.uint8))
+
+
+def sized_image(mp: str) -> str:
+    path = os.path.join(IMAGE_DIR, f"synthetic-{mp}mp.png")
+    if not os.path.exists(path):
+        os.makedirs(IMAGE_DIR, exist_ok=True)
+        synthetic_photo(*SIZES[mp]).save(path + ".tmp.png")
+        os.replace(path + ".tmp.png", path)
+    return path
+
+
+def band_psnr(decoded, original, rows, cols, half: int = 16) -> tuple[float, float]:
+    """(PSNR of the whole image, PSNR within ``2·half``-px bands centred on the given rows and columns)."""
+    import numpy as np
+
+    err = ((decoded.astype(np.float32) - original.astype(np.float32)) ** 2).mean(axis=2)
+    band = np.zeros(err.shape, dtype=bool)
+    for r in rows:
+        band[max(r - half, 0) : r + half] = True
+    for c in cols:
+        band[:, max(c - half, 0) : c + half] = True
+    whole = 10 * np.log10(255**2 / err.mean())
+    return whole, (10 * np.log10(255**2 / err[band].mean()) if band.any() else float("nan"))
+
+
+def size_child(kind: str, image_path: str, rdc: str) -> None:
+    """One encode or decode of a large image; peak memory is read before any evaluation allocates."""
+    import numpy as np
+    import torch
+    from PIL import Image
+
+    from rdeic_codec import codec, tiled
+    from rdeic_codec.model import load_model
+
+    model = load_model(os.environ.get("RDEIC_MODEL"), "cpu")
+    if kind == "encode":
+        pixels = np.asarray(Image.open(image_path).convert("RGB"))
+        t0, c0 = time.perf_counter(), time.process_time()
+        result = codec.encode(model, pixels, SIZES_LAMBDA)
+        seconds, cpu = time.perf_counter() - t0, time.process_time() - c0
+        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+        with open(rdc, "wb") as f:
+            f.write(result.data)
+        extra = {"bpp": round(result.bpp, 4), "megapixels": result.width * result.height / 1e6}
+    else:
+        data = open(rdc, "rb").read()
+        t0, c0 = time.perf_counter(), time.process_time()
+        decoded = codec.decode(model, data, steps=2, max_pixels=1 << 40)
+        seconds, cpu = time.perf_counter() - t0, time.process_time() - c0
+        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+        h, w = decoded.shape[:2]
+        whole, bands = band_psnr(decoded, np.asarray(Image.open(image_path).convert("RGB")), *tiled.seams(model, h, w))
+        extra = {"psnr": round(float(whole), 2), "seam_psnr": round(float(bands), 2), "megapixels": w * h / 1e6}
+    print(json.dumps({"what": kind, "seconds": round(seconds, 2), "cpu_seconds": round(cpu, 2), "peak_mb": round(peak),
+                      "threads": torch.get_num_threads(), **extra}))
+
+
+def sizes() -> None:
+    print(f"rdeic benchmark, small model ({os.environ.get('RDEIC_MODEL') or 'shipped default'}) on synthetic "
+          f"photos, lambda {SIZES_LAMBDA}, CPU, one run each; decode with 2 steps", flush=True)
+    for mp, (w, h) in SIZES.items():
+        image = sized_image(mp)
+        rdc = f"/tmp/rdeic-bench-{mp}mp.rdc"
+        for kind in PLAN["sizes"]["runs"]:
+            out = subprocess.run([sys.executable, __file__, "--size-child", kind, image, rdc],
+                                 capture_output=True, text=True)
+            if out.returncode != 0:
+                sys.exit(f"{mp} MP {kind} failed:\n{out.stderr[-2000:]}")
+            r = json.loads(out.stdout.strip().splitlines()[-1])
+            tail = (f"{r['bpp']} bpp" if kind == "encode" else
+                    f"PSNR {r['psnr']} dB, in 32-px bands on tile borders {r['seam_psnr']} dB")
+            # CPU seconds as well: on a shared machine they move less with the load than wall time.
+            print(f"  {w}x{h} ({r['megapixels']:.1f} MP) {kind:8s} {r['seconds']:8.2f} s "
+                  f"{r['seconds'] / r['megapixels']:6.2f} s/MP (CPU {r['cpu_seconds'] / r['megapixels']:.2f} s/MP)  "
+                  f"peak {r['peak_mb']:5d} MB  "
+                  f"({r['threads']} threads, {tail})", flush=True)
 
 
 def model_dir(name: str) -> str | None:
@@ -79,7 +195,6 @@ def write_random_paper_model(folder: str) -> None:
 def child(kind: str, rdc: str, folder: str | None, warm_up: bool) -> None:
     import numpy as np
     import torch
-    from PIL import Image
 
     from rdeic_codec import codec
     from rdeic_codec.model import COMPONENTS, ENCODER_COMPONENTS, load_model
@@ -224,6 +339,9 @@ def main(names: list[str]) -> None:
         if name == "batch":
             batch_bench(int(os.environ.get("BENCH_BATCH", "24")))
             continue
+        if name == "sizes":
+            sizes()
+            continue
         folder = model_dir(name)
         if name == "paper" and folder == PAPER_DIR and not os.path.isdir(PAPER_DIR):
             print(f"writing a random-weight paper-scale model to {PAPER_DIR} (once) ...", flush=True)
@@ -260,7 +378,9 @@ def main(names: list[str]) -> None:
 
 
 if __name__ == "__main__":
-    if len(sys.argv) == 6 and sys.argv[1] == "--child":
+    if len(sys.argv) == 5 and sys.argv[1] == "--size-child":
+        size_child(*sys.argv[2:])
+    elif len(sys.argv) == 6 and sys.argv[1] == "--child":
         child(sys.argv[2], sys.argv[3], sys.argv[4] or None, sys.argv[5] == "1")
     else:
         chosen = sys.argv[1:] or list(PLAN)

@@ -168,7 +168,7 @@ def _size_option(ctx, param, value):
 @quiet_option
 @force_option
 @click.option("--max-pixels", type=click.IntRange(1), default=None,
-              help="Refuse images with more pixels than this, counted as for decode (default 16777216).")
+              help="Refuse images with more pixels than this, counted as for decode (default 100000000).")
 @half_option
 def encode(paths, out_dir, lam, size, bpp, model_dir, device, threads, quiet, force, max_pixels, half):
     """Compress an image (PNG, JPEG, WebP, TIFF, BMP; '-' for stdin) to an .rdc file ('-' for stdout).
@@ -245,7 +245,7 @@ def encode(paths, out_dir, lam, size, bpp, model_dir, device, threads, quiet, fo
               help="Detail guidance: 0 smooth, 1 as trained, above 1 sharper (two UNet passes per step unless 1).")
 @click.option("--max-pixels", type=click.IntRange(1), default=None,
               help="Refuse files that declare more pixels than this, counted at the size the decoder works at "
-                   "(sides rounded up to multiples of 64) (default 16777216).")
+                   "(sides rounded up to multiples of 64) (default 100000000).")
 @model_option
 @device_option
 @threads_option

@@ -3,6 +3,9 @@
 Encoder: VAE encoder feature → g_a (× gain(λ)) → h_a → VQ indices → [float64 CPU] h_s and context
 networks → range-coded indices and y. Decoder: the same float64 parameter path → ŷ → g_s → z_c →
 relay residual diffusion (seeded from the file) → VAE decoder.
+
+Every stage runs in tiles (:mod:`rdeic_codec.tiled`), so memory stays bounded for large photos; an
+image that fits one tile is processed in one piece.
 """
 
 from __future__ import annotations
@@ -13,16 +16,15 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from . import container
+from . import container, tiled
 from .entropy.latent_coder import GaussianModels, LatentDecoder, LatentEncoder
 from .entropy.tables import ScaleTable
 from .model import network_dtype
-from .networks.autoencoder import decode_latent, encoder_feature
 from .networks.control import unet_forward
 from .sampler import MAX_STEPS, relay_sample
 
 PAD = 64  # total downsampling of the model: H/8 (VAE) × 1/2 (g_a) × 1/4 (h_a)
-DEFAULT_MAX_PIXELS = 4096 * 4096
+DEFAULT_MAX_PIXELS = 10000 * 10000  # tiled coding keeps memory bounded (docs: make bench)
 
 
 class CodecError(ValueError):
@@ -122,9 +124,9 @@ def analyse_image(model, image: np.ndarray) -> ImageAnalysis:
     check_image(image)
     height, width = image.shape[:2]
     device = next(model.parameters()).device
-    x = _to_tensor(pad_image(image), device)
-    feature = encoder_feature(model.vae, x.to(network_dtype(model.vae))).float()  # float16 VAE: see use_half
-    return ImageAnalysis(model.compression.analysis_transform(feature), width, height)
+    padded = (-(-height // PAD) * PAD, -(-width // PAD) * PAD)
+    y = tiled.analysis_transform(model, image, padded, lambda tile: _to_tensor(tile, device))
+    return ImageAnalysis(y, width, height)
 
 
 @torch.no_grad()
@@ -138,14 +140,14 @@ def encode_analysis(model, analysis: ImageAnalysis, lam: float) -> EncodeResult:
     """
     lam = check_lambda(model, lam)
     device = analysis.y.device
-    y, indices = model.compression.analyse_at(analysis.y, torch.tensor([lam], device=device))
+    y, indices = tiled.gain_and_indices(model, analysis.y, torch.tensor([lam], device=device))
     path = model.entropy_path()
     table, gaussians = _coders(model)
     coder = LatentEncoder(table, gaussians)
     idx = indices.cpu()
     coder.encode_indices(idx.numpy(), path["quantize"].embed_prob)
-    hyper = path["h_s"](path["quantize"].lookup(idx, torch.float64))
-    coder.encode_latent(path["context"], hyper, y.cpu())
+    hyper = tiled.hyper_parameters(model, idx)
+    coder.encode_latent(tiled.TiledContext(path["context"], tiled.entropy_block(model)), hyper, y.cpu())
     header = container.Header(model_id=model.model_id, lam=lam, width=analysis.width, height=analysis.height)
     data = container.pack(header, coder.finish())
     return EncodeResult(data, lam, analysis.width, analysis.height, coder.estimated_bits)
@@ -184,8 +186,8 @@ def decode_latent_code(model, header: container.Header, payload: bytes):
         coder = LatentDecoder(payload, table, gaussians)
         idx = coder.decode_indices((ph // PAD) * (pw // PAD), path["quantize"].embed_prob)
         idx = torch.from_numpy(idx).view(1, ph // PAD, pw // PAD)
-        hyper = path["h_s"](path["quantize"].lookup(idx, torch.float64))
-        y_hat = coder.decode_latent(path["context"], hyper)
+        hyper = tiled.hyper_parameters(model, idx)
+        y_hat = coder.decode_latent(tiled.TiledContext(path["context"], tiled.entropy_block(model)), hyper)
     except (ValueError, RuntimeError, AssertionError) as e:
         raise container.FormatError(f"the coded stream is invalid ({e})") from None
     return y_hat, zlib.crc32(payload)
@@ -212,7 +214,8 @@ def decode(model, data: bytes, steps: int = 5, detail: float = 1.0, max_pixels: 
     y_hat, seed = decode_latent_code(model, header, payload)
     device = next(model.parameters()).device
     lam_t = torch.tensor([header.lam], device=device)
-    guide, z_c = model.compression.synthesise(y_hat.float().to(device), lam_t)
+    guide, z_c = tiled.synthesise(model, y_hat.float().to(device), lam_t)
+    del y_hat
     latent = z_c
     if steps > 0:
         context = model.unet.context.to(device)
@@ -220,7 +223,7 @@ def decode(model, data: bytes, steps: int = 5, detail: float = 1.0, max_pixels: 
         dtype = network_dtype(model.unet)
         guide = guide.to(dtype)
 
-        def eps_fn(x, t):
+        def eps_fn(x, t, guide):
             x = x.to(dtype)
             controlled = unet_forward(model.unet, x, t, context, model.control(x, t, guide, context)) if detail else None
             if detail == 1.0:
@@ -229,10 +232,9 @@ def decode(model, data: bytes, steps: int = 5, detail: float = 1.0, max_pixels: 
             return bare if controlled is None else bare + detail * (controlled.float() - bare)
 
         generator = torch.Generator().manual_seed(seed)
-        latent = relay_sample(model.config["diffusion"], z_c, eps_fn, steps, generator, progress)
-    if model.config.get("profile") == "paper":
-        # SD's VAE decoder at full resolution needs far more memory than the rest; diffusers then decodes
-        # latents larger than its 64×64 tile (images over 512 px) in overlapping, blended tiles.
-        model.vae.enable_tiling()
-    out = decode_latent(model.vae, latent.to(network_dtype(model.vae)))
-    return _to_uint8(out[:, :, : header.height, : header.width])
+        latent = relay_sample(model.config["diffusion"], z_c, tiled.tiled_eps(model, eps_fn, guide), steps,
+                              generator, progress)
+    del guide
+    # SD's VAE decoder (paper profile) at full resolution needs far more memory than the rest: its tiles
+    # are 512 px, as diffusers' own tiling.
+    return tiled.decode_image(model, latent, header.height, header.width, _to_uint8)

@@ -974,19 +974,20 @@ def test_paper_size_key_set_maps_completely():
 
 
 def test_paper_profile_decodes_large_images_in_vae_tiles(checkpoints):
-    """codec.decode turns on diffusers' VAE tiling for the paper profile; it only acts on latents larger
-    than one tile (the tiny VAE's tile is 8×8 latents, SD's 64×64), so small images decode as before."""
-    from rdeic_codec import codec
+    """The paper profile's autoencoder and UNet run in 512-px tiles (SD's native size, as diffusers' own
+    VAE tiling); images within one tile decode as before, larger ones tile by tile."""
+    from rdeic_codec import codec, tiled
 
     model = load_model(checkpoints["dir"])
     rng = np.random.default_rng(7)
     small = codec.encode(model, (rng.random((64, 64, 3)) * 255).astype(np.uint8), 2.0).data
     large = codec.encode(model, (rng.random((128, 96, 3)) * 255).astype(np.uint8), 2.0).data
     plain_small, plain_large = codec.decode(model, small, steps=2), codec.decode(model, large, steps=2)
-    assert not model.vae.use_tiling
     model.config["profile"] = "paper"
-    tiled_small, tiled_large = codec.decode(model, small, steps=2), codec.decode(model, large, steps=2)
-    assert model.vae.use_tiling
-    assert np.array_equal(tiled_small, plain_small)
+    assert tiled.tiles(model)["decoder"] == (512, 128)
+    assert np.array_equal(codec.decode(model, small, steps=2), plain_small)
+    assert np.array_equal(codec.decode(model, large, steps=2), plain_large)
+    model.config["tiling"] = {"decoder": (64, 32)}  # the tiny VAE's images are smaller than 512 px
+    tiled_large = codec.decode(model, large, steps=2)
     assert tiled_large.shape == plain_large.shape == (128, 96, 3)
     assert not np.array_equal(tiled_large, plain_large)  # decoded tile by tile

@@ -190,16 +190,16 @@ def nothing_may_be_allocated(tiny_model, monkeypatch):
 
     monkeypatch.setattr(codec, "decode_latent_code", allocated)
     monkeypatch.setattr(codec, "LatentDecoder", allocated)
-    monkeypatch.setattr(codec, "decode_latent", allocated)
+    monkeypatch.setattr(codec.tiled, "decode_image", allocated)
     monkeypatch.setattr(type(tiny_model), "entropy_path", allocated)
 
 
 @pytest.mark.parametrize("width, height, limit, message", [
-    (100000, 100000, None, "declared size 100000×100000 exceeds --max-pixels 16777216"),
+    (100000, 100000, None, "declared size 100000×100000 exceeds --max-pixels 100000000"),
     (MAX_SIDE, MAX_SIDE, None, "exceeds --max-pixels"),
-    (4097, 4096, None, "exceeds --max-pixels"),
+    (10001, 10000, None, "exceeds --max-pixels"),
     # Thin images: small declared area, but decoded at sides rounded up to 64.
-    (1, MAX_SIDE, None, "is coded at 64×1048576, which exceeds --max-pixels 16777216"),
+    (1, MAX_SIDE, 50_000_000, "is coded at 64×1048576, which exceeds --max-pixels 50000000"),
     (65, 65, 65 * 65, "is coded at 128×128"),
     (1, 1, 1000, "is coded at 64×64"),
 ])
@@ -499,8 +499,8 @@ def test_unreadable_input_is_one_line_error(tmp_path, tiny_model_dir, name):
 
 
 @pytest.mark.parametrize("width, height, args, message", [
-    (20000, 1000, (), "input image 20000×1000 exceeds --max-pixels 16777216"),
-    (1, 300000, (), "input image 1×300000 is coded at 64×300032, which exceeds --max-pixels 16777216"),
+    (20000, 6000, (), "input image 20000×6000 exceeds --max-pixels 100000000"),
+    (1, 2000000, (), "input image 1×2000000 is coded at 64×2000000, which exceeds --max-pixels 100000000"),
     (24, 50, ("--max-pixels", "1000"), "input image 24×50 exceeds --max-pixels 1000"),
     (40, 30, ("--max-pixels", "4000"), "is coded at 64×64"),
 ])

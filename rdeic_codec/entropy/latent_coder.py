@@ -67,10 +67,13 @@ def walk_slices(context, hyper: torch.Tensor, table: ScaleTable, code_pass) -> t
     anchors = anchor_mask(h, w, dtype=torch.float64)
     is_anchor = anchors.bool().expand(1, 1, h, w)[0, 0].numpy()
     hats: list[torch.Tensor] = []
+    # One tensor for all of ŷ, each slice a view of it: no second copy at the end (large images).
+    y_hat_all = torch.zeros(1, sum(context.slices), h, w, dtype=torch.float64)
+    starts = np.cumsum([0] + list(context.slices))
     with torch.no_grad():
         for i, ch in enumerate(context.slices):
             shared = context.slice_inputs(i, hyper, hats)
-            y_hat = torch.zeros(1, ch, h, w, dtype=torch.float64)
+            y_hat = y_hat_all[:, starts[i] : starts[i + 1]]
             for positions, params in ((is_anchor, None), (~is_anchor, "nonanchor")):
                 if params is None:
                     scales, means = context.anchor_params(i, shared)
@@ -83,7 +86,7 @@ def walk_slices(context, hyper: torch.Tensor, table: ScaleTable, code_pass) -> t
                 plane = y_hat[0].numpy()
                 plane[sel] = symbols + mu
             hats.append(y_hat)
-    return torch.cat(hats, dim=1)
+    return y_hat_all
 
 
 class LatentEncoder:
@@ -102,7 +105,7 @@ class LatentEncoder:
 
     def encode_latent(self, context, hyper: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         """Code y (1, M, h, w) given the hyper parameters; returns ŷ as the decoder will see it."""
-        y_np = y.detach().double().cpu().numpy()[0]
+        y_np = y.detach().cpu().numpy()[0]  # float32 stays float32: values − mu promotes exactly to float64
         _, _, h, w = hyper.shape
         anchors = anchor_mask(h, w, dtype=torch.float64).bool()[0, 0].numpy()
         r = self.table.max_symbol
