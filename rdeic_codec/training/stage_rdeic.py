@@ -17,9 +17,7 @@ from __future__ import annotations
 
 import math
 
-import numpy as np
 import torch
-import torch.nn.functional as F
 
 from ..networks.control import unet_forward
 from ..sampler import alphas_cumprod
