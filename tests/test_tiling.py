@@ -21,9 +21,11 @@ SMALL_TILES = {"encoder": (192, 64), "denoiser": (192, 64), "decoder": (128, 32)
                "entropy": 320}
 
 
-@pytest.fixture
-def tiling(tiny_model):
-    """Set the tiny model's tiles for one test (the config is restored afterwards)."""
+@pytest.fixture(params=["tiny_model", "tiny_shuffle_model"])
+def tiling(request):
+    """Set a tiny model's tiles for one test (the config is restored afterwards); each test runs with
+    SD's autoencoder layout and with the small profile's ShuffleAutoencoder."""
+    tiny_model = request.getfixturevalue(request.param)
     saved = tiny_model.config.get("tiling")
 
     def use(tiles):
