@@ -8,7 +8,7 @@ The small profile's :class:`~rdeic_codec.networks.autoencoder.ShuffleAutoencoder
 full resolution. Measured on the 2-core CPU (issue 11, central 256×256 crops of the 66 validation
 photos): the diffusers ``AutoencoderKL`` of the first shipped models (4 latent channels, full-resolution
 convolutions) reached 20.6 dB after about 2,500 steps at 2.5 s each; the shuffle design runs a step
-in about a tenth of that time (see the model card for its curve).
+in about a tenth of that time and reached 30 dB in 38 CPU-minutes (docs/training.md).
 
 A KL autoencoder reconstructs from the posterior mean: at initialisation the posterior's unit variance
 swamps the latent, and with sampling the reconstruction stalled near 16.5 dB in the first 200 steps.
@@ -24,7 +24,7 @@ import torch
 import torch.nn.functional as F
 
 from ..networks.autoencoder import (build_vae, decode_latent, encoder_feature, latent_moments, save_autoencoder,
-                                    set_scaling_factor)
+                                    scaling_factor, set_scaling_factor)
 from .data import ImageFolderCrops
 from .loop import Trainer
 from .losses import gradient_l1, kl_to_standard_normal
@@ -37,17 +37,11 @@ VALID_SIDE = 256  # validation: the central 256×256 crop of every validation im
 def autoencoder_loss(vae, x: torch.Tensor):
     mean, logvar = latent_moments(vae, encoder_feature(vae, x))
     # Decoding the unscaled latent: the scaling factor is only fixed after training.
-    rec = decode_latent(vae, mean * _scale(vae))
+    rec = decode_latent(vae, mean * scaling_factor(vae))
     loss, logs = reconstruction_loss(rec, x)
     if logvar is not None:
         loss = loss + KL_WEIGHT * kl_to_standard_normal(mean, logvar)
     return loss, logs
-
-
-def _scale(vae) -> float:
-    from ..networks.autoencoder import scaling_factor
-
-    return scaling_factor(vae)
 
 
 def reconstruction_loss(rec: torch.Tensor, x: torch.Tensor):
@@ -68,7 +62,7 @@ def mean_psnr(vae, x: torch.Tensor, batch: int = 8) -> float:
     values = []
     for i in range(0, len(x), batch):
         xb = x[i : i + batch]
-        rec = decode_latent(vae, latent_moments(vae, encoder_feature(vae, xb))[0] * _scale(vae))
+        rec = decode_latent(vae, latent_moments(vae, encoder_feature(vae, xb))[0] * scaling_factor(vae))
         rec8 = ((rec.clamp(-1, 1) + 1) * 127.5).round()
         mse = (rec8 - (xb + 1) * 127.5).pow(2).flatten(1).mean(1)
         values += [10 * math.log10(255**2 / max(m, 1e-12)) for m in mse.tolist()]
@@ -104,5 +98,5 @@ def train_autoencoder(config: dict, train_dir: str, valid_dir: str, work_dir: st
         vae.to("cpu")
         set_scaling_factor(vae, latent_scale(vae, valid))
         save_autoencoder(vae, os.path.join(work_dir, "vae"))
-        trainer.log(f"saved {os.path.join(work_dir, 'vae')} scaling_factor={_scale(vae):.5f}")
+        trainer.log(f"saved {os.path.join(work_dir, 'vae')} scaling_factor={scaling_factor(vae):.5f}")
     trainer.rt.barrier()
