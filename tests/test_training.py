@@ -149,3 +149,26 @@ def test_training_can_start_from_a_finished_model(folders, tmp_path):
     assert b.config["training"]["steps"] == {**a.config["training"]["steps"], "finetune": 1}
     image = smooth_image(64, 64)
     assert codec.decode(b, codec.encode(b, image, 1.0).data, steps=2).shape == image.shape
+
+
+@pytest.mark.parametrize("profile", ["tiny", "tiny-shuffle"])
+def test_zc_pixel_distortion_measures_the_decoded_image(profile):
+    from rdeic_codec.model import RDEICModel
+    from rdeic_codec.profiles import get_profile
+    from rdeic_codec.training.stage_rdeic import zc_distortion
+
+    torch.manual_seed(0)
+    model = RDEICModel(get_profile(profile)).eval()
+    ch = model.config["unet"]["in_channels"]
+    z = torch.randn(2, ch, 24, 24)
+    z_c = (z + 0.3 * torch.randn_like(z)).requires_grad_(True)
+    latent_only, logs = zc_distortion(model, z_c, z)
+    assert "psnr_zc" not in logs  # the paper's term, unless a profile asks for pixels
+    assert torch.allclose(latent_only, (z_c - z).pow(2).flatten(1).mean(1))
+    model.compression.cfg.update(zc_pixel_weight=1.0, zc_latent_weight=0.0)
+    same, _ = zc_distortion(model, z.clone(), z, torch.Generator().manual_seed(0))
+    assert same.abs().max().item() == 0.0
+    dist, logs = zc_distortion(model, z_c, z, torch.Generator().manual_seed(0))
+    assert (dist > 0).all() and 0 < logs["psnr_zc"] < 100
+    dist.sum().backward()  # the gradient reaches z_c through the frozen decoder
+    assert z_c.grad.abs().sum().item() > 0

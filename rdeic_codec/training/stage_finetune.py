@@ -20,7 +20,7 @@ from .data import ImageFolderCrops
 from .file_rate import file_bpp, validation_images
 from .loop import Trainer
 from .losses import ms_ssim_loss
-from .stage_rdeic import distortion_weight, sample_lambdas
+from .stage_rdeic import distortion_weight, sample_lambdas, zc_distortion
 
 PERCEPTUAL_WEIGHT = 0.5
 
@@ -40,10 +40,10 @@ def finetune_loss(model, x: torch.Tensor, lam: torch.Tensor, steps: int, generat
     rec = decode_latent(model.vae, latent)
     mse = (rec - x).pow(2).flatten(1).mean(1)
     perceptual = ms_ssim_loss(rec, x)
-    mse_zc = (out["z_c"] - z).pow(2).flatten(1).mean(1)
+    dist_zc, _ = zc_distortion(model, out["z_c"], z, generator)
     bpp = out["bits"] / (x.shape[2] * x.shape[3])
     lam = distortion_weight(model, lam)
-    loss = (lam * (mse + PERCEPTUAL_WEIGHT * perceptual + mse_zc)).mean() + bpp.mean() + out["vq_loss"]
+    loss = (lam * (mse + PERCEPTUAL_WEIGHT * perceptual + dist_zc)).mean() + bpp.mean() + out["vq_loss"]
     return loss, {"bpp": bpp.mean().item(), "mse": mse.mean().item(), "msssim": 1 - perceptual.mean().item()}
 
 
