@@ -1,9 +1,9 @@
 """Relay residual diffusion (RDEIC method file, sections 4 and 5).
 
 Decoding starts from the compressed latent z_c instead of pure noise:
-x_N = √ᾱ_N·z_c + √(1−ᾱ_N)·ξ with N = 299, then a respaced DDPM (ancestral, "fixed small" variance, no
-clipping) over the first 300 of SD's 1000 steps. With 2 steps it visits t = 299, 0; with 5 steps
-t = 299, 224, 150, 75, 0.
+x_N = √ᾱ_N·z_c + √(1−ᾱ_N)·ξ with N = ``relay_start`` (the paper's 299; 150 in the small profile), then
+a respaced DDPM (ancestral, "fixed small" variance, no clipping) over the first N + 1 of SD's 1000
+steps. From t = 299, 2 steps visit t = 299, 0 and 5 steps t = 299, 224, 150, 75, 0.
 """
 
 from __future__ import annotations
