@@ -23,8 +23,8 @@ import os
 import torch
 import torch.nn.functional as F
 
-from ..networks.autoencoder import (build_vae, decode_latent, encoder_feature, latent_moments, save_autoencoder,
-                                    scaling_factor, set_scaling_factor)
+from ..networks.autoencoder import (build_vae, decode_latent, encode_image, encoder_feature, latent_moments,
+                                    save_autoencoder, scaling_factor, set_scaling_factor)
 from .data import ImageFolderCrops
 from .loop import Trainer
 from .losses import gradient_l1, kl_to_standard_normal
@@ -62,7 +62,7 @@ def mean_psnr(vae, x: torch.Tensor, batch: int = 8) -> float:
     values = []
     for i in range(0, len(x), batch):
         xb = x[i : i + batch]
-        rec = decode_latent(vae, latent_moments(vae, encoder_feature(vae, xb))[0] * scaling_factor(vae))
+        rec = decode_latent(vae, encode_image(vae, xb))
         rec8 = ((rec.clamp(-1, 1) + 1) * 127.5).round()
         mse = (rec8 - (xb + 1) * 127.5).pow(2).flatten(1).mean(1)
         values += [10 * math.log10(255**2 / max(m, 1e-12)) for m in mse.tolist()]
