@@ -172,3 +172,13 @@ def test_zc_pixel_distortion_measures_the_decoded_image(profile):
     assert (dist > 0).all() and 0 < logs["psnr_zc"] < 100
     dist.sum().backward()  # the gradient reaches z_c through the frozen decoder
     assert z_c.grad.abs().sum().item() > 0
+
+
+def test_decoder_stage_noise_reaches_half_the_batch():
+    from rdeic_codec.training.stage_decoder import add_latent_noise
+
+    z = torch.randn(6, 4, 16, 16)
+    noisy = add_latent_noise(z, 0.3, torch.Generator().manual_seed(1))
+    assert torch.equal(noisy[0::2], z[0::2])  # clean half: the reconstruction stays sharp
+    diff = (noisy[1::2] - z[1::2]).flatten(1).std(1)
+    assert (diff > 0).all() and (diff < 0.3 * 1.1).all()

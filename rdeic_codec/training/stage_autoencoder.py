@@ -57,13 +57,21 @@ def psnr_from_mse(mse_pm1: float) -> float:
 
 
 @torch.no_grad()
-def mean_psnr(vae, x: torch.Tensor, batch: int = 8) -> float:
-    """Mean over images of the PSNR of the 8-bit reconstruction (how users and rdeic eval count it)."""
+def mean_psnr(vae, x: torch.Tensor, batch: int = 8, latent_noise: float = 0.0) -> float:
+    """Mean over images of the PSNR of the 8-bit reconstruction (how users and rdeic eval count it).
+
+    Args:
+        latent_noise: std of Gaussian noise added to the latents (a fixed draw), to measure how the
+            decoder copes with latents that are not exact (see :mod:`.stage_decoder`).
+    """
+    g = torch.Generator().manual_seed(0)
     values = []
     for i in range(0, len(x), batch):
         xb = x[i : i + batch]
-        rec = decode_latent(vae, encode_image(vae, xb))
-        rec8 = ((rec.clamp(-1, 1) + 1) * 127.5).round()
+        z = encode_image(vae, xb)
+        if latent_noise:
+            z = z + latent_noise * torch.randn(z.shape, generator=g).to(z)
+        rec8 = ((decode_latent(vae, z).clamp(-1, 1) + 1) * 127.5).round()
         mse = (rec8 - (xb + 1) * 127.5).pow(2).flatten(1).mean(1)
         values += [10 * math.log10(255**2 / max(m, 1e-12)) for m in mse.tolist()]
     return sum(values) / len(values)
