@@ -80,3 +80,17 @@ def test_loaded_weights_are_the_stored_values_in_the_running_dtype(tiny_model_di
         for key, value in stored.items():
             assert torch.equal(state[key], value.to(want)), key
         assert {v.dtype for v in model.compression.state_dict().values() if v.is_floating_point()} == {torch.float32}
+
+
+def test_the_command_line_lets_openmp_threads_sleep_unless_the_user_chose():
+    code = """
+import json, os
+from rdeic_codec import cli
+print(json.dumps({"policy": os.environ.get("OMP_WAIT_POLICY")}))
+"""
+    env = {k: v for k, v in os.environ.items() if k != "OMP_WAIT_POLICY"}
+    for chosen, expected in ((None, "PASSIVE"), ("ACTIVE", "ACTIVE")):
+        run_env = {**env, "PYTHONPATH": ROOT, **({"OMP_WAIT_POLICY": chosen} if chosen else {})}
+        out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=run_env, cwd=ROOT)
+        assert out.returncode == 0, out.stderr
+        assert json.loads(out.stdout.strip().splitlines()[-1]) == {"policy": expected}
