@@ -165,12 +165,12 @@ def main(argv=None) -> int:
         load_s = time.perf_counter() - t0
         lam = model.config.get("lambda") or 1.0
         timer = Timer(gpu)
-        result, enc_s = timer(lambda: codec.encode(model, image, lam), repeat)
+        result, enc_s = timer(lambda m=model: codec.encode(m, image, lam), repeat)
         col = rows.setdefault("load", {})
         col[half] = load_s
         rows.setdefault("encode", {})[half] = enc_s
         for steps in (2, 5):
-            pixels, dec_s = timer(lambda: codec.decode(model, result.data, steps=steps), repeat)
+            pixels, dec_s = timer(lambda m=model, s=steps: codec.decode(m, result.data, steps=s), repeat)
             rows.setdefault(f"decode-{steps}", {})[half] = dec_s
             if steps == 2:
                 two_step[half] = (result.data, pixels)
