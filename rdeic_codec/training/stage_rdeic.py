@@ -4,13 +4,15 @@ The autoencoder and the base denoiser are frozen. For each sample, λ is drawn l
 model's range (one model for every rate) and t uniformly from 0..299:
 
     ε' = ε + (z_c − z)/λ_r,  x_t = √ᾱ_t·z + √(1−ᾱ_t)·ε',  ẑ0 = (x_t − √(1−ᾱ_t)·ε̂)/√ᾱ_t
-    loss = λ·[MSE(ẑ0, z) + MSE(z_c, z)] + bpp + L_vq
+    loss = λ·[MSE(ẑ0, z) + D(z_c, z)] + bpp + L_vq
 
-where z is the image's scaled latent (the posterior mean, see :mod:`.stage_autoencoder`).
+where z is the image's scaled latent (the posterior mean, see :mod:`.stage_autoencoder`) and D the
+paper's MSE(z_c, z), or for profiles that ask for it a mostly pixel-space distortion
+(:func:`zc_distortion`). λ here stands for :func:`distortion_weight`.
 
 Stage "compression" (our addition, to use both CPU cores) pretrains the compression module alone,
 before stage 1, with the diffusion term replaced by a second z_c term:
-loss = 2λ·MSE(z_c, z) + bpp + L_vq. It needs no denoiser, so it runs beside the denoiser's training.
+loss = 2λ·D(z_c, z) + bpp + L_vq. It needs no denoiser, so it runs beside the denoiser's training.
 """
 
 from __future__ import annotations
