@@ -3,7 +3,7 @@
 Start from x_N, run the whole 2- or 5-step relay sampler with gradients, decode with the (frozen)
 VAE decoder and compare pixels:
 
-    loss = λ·(MSE_pixel + 0.5·(1 − MS-SSIM) + MSE(z_c, z)) + bpp + L_vq
+    loss = λ·(MSE_pixel + 0.5·(1 − MS-SSIM) + D(z_c, z)) + bpp + L_vq   (D: see stage_rdeic.zc_distortion)
 
 The authors use LPIPS where we use 1 − MS-SSIM (no LPIPS backbone exists offline). Each batch draws
 its step count from {2, 5}, so one model serves both (the authors fine-tune one model per count).
