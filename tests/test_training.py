@@ -172,6 +172,9 @@ def test_zc_pixel_distortion_measures_the_decoded_image(profile):
     assert (dist > 0).all() and 0 < logs["psnr_zc"] < 100
     dist.sum().backward()  # the gradient reaches z_c through the frozen decoder
     assert z_c.grad.abs().sum().item() > 0
+    model.compression.cfg.update(zc_msssim_weight=1.0)
+    with_msssim, logs = zc_distortion(model, z_c, z, torch.Generator().manual_seed(0))
+    assert (with_msssim > dist).all() and 0 < logs["msssim_zc"] < 1
 
 
 def test_decoder_stage_noise_reaches_half_the_batch():

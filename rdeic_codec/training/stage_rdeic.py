@@ -26,6 +26,7 @@ from ..sampler import alphas_cumprod
 from .file_rate import file_bpp, validation_images
 from .latent_cache import LatentCrops
 from .loop import Trainer
+from .losses import ms_ssim_loss
 
 
 def sample_lambdas(n: int, lo: float, hi: float, generator) -> torch.Tensor:
@@ -55,14 +56,15 @@ def zc_distortion(model, z_c: torch.Tensor, z: torch.Tensor, generator=None):
     MSE rewards a blurred latent, and the small profile's decoder turns a blurred latent into a far worse
     image than a blurred image (issue 11: a 2× latent blur costs 12 dB, a 4× image thumbnail 3 dB),
     so the pixel term spends the bits where the decoded image needs them. A small latent term keeps z_c
-    near z, which the relay diffusion starts from.
+    near z, which the relay diffusion starts from. ``zc_msssim_weight`` > 0 adds 1 − MS-SSIM on the
+    same window.
     """
     cfg = model.compression.cfg
     mse_lat = (z_c - z).pow(2).flatten(1).mean(1)
     logs = {"mse_zc": mse_lat.mean().item()}
-    pixel_weight = cfg.get("zc_pixel_weight", 0.0)
+    pixel_weight, msssim_weight = cfg.get("zc_pixel_weight", 0.0), cfg.get("zc_msssim_weight", 0.0)
     dist = cfg.get("zc_latent_weight", 1.0) * mse_lat
-    if pixel_weight > 0:
+    if pixel_weight > 0 or msssim_weight > 0:
         from ..networks.autoencoder import decode_latent
 
         w = min(PIXEL_WINDOW, z.shape[2], z.shape[3])
@@ -70,9 +72,15 @@ def zc_distortion(model, z_c: torch.Tensor, z: torch.Tensor, generator=None):
         window = (slice(None), slice(None), slice(i, i + w), slice(j, j + w))
         with torch.no_grad():
             target = decode_latent(model.vae, z[window])
-        mse_pix = (decode_latent(model.vae, z_c[window]) - target).pow(2).flatten(1).mean(1)
+        decoded = decode_latent(model.vae, z_c[window])
+        mse_pix = (decoded - target).pow(2).flatten(1).mean(1)
         dist = dist + pixel_weight * mse_pix
         logs["psnr_zc"] = 10 * math.log10(4.0 / max(mse_pix.mean().item(), 1e-12))
+        if msssim_weight > 0:
+            # 1 − MS-SSIM, as stage 2 uses in place of LPIPS: structure and contrast, which MSE blurs away.
+            perceptual = ms_ssim_loss(decoded, target)
+            dist = dist + msssim_weight * perceptual
+            logs["msssim_zc"] = 1 - perceptual.mean().item()
     return dist, logs
 
 
