@@ -42,12 +42,19 @@ def index_bits(embed_prob: torch.Tensor, indices: np.ndarray) -> float:
     return float(-np.log2(freq[indices] / freq.sum()).sum())
 
 
-def symbol_bits(symbols: np.ndarray, scales: np.ndarray) -> float:
-    """The model's own estimate: -log2 of each symbol's Gaussian bin probability (floored at 2^-24)."""
-    s = torch.from_numpy(scales)
-    x = torch.from_numpy(np.abs(symbols).astype(np.float64))
-    p = torch.special.ndtr((0.5 - x) / s) - torch.special.ndtr((-0.5 - x) / s)
-    return float(-torch.log2(p.clamp_min(2.0**-24)).sum())
+def symbol_bits(symbols: np.ndarray, table_scales: np.ndarray, idx: np.ndarray, chunk: int = 1 << 18) -> float:
+    """The model's own estimate: -log2 of each symbol's Gaussian bin probability (floored at 2^-24),
+    symbol k having the scale ``table_scales[idx[k]]``.
+
+    Per-symbol terms are computed ``chunk`` symbols at a time (a pass of a large image has millions:
+    the temporaries of the whole pass at once would be several times its size) and summed at once."""
+    log_p = torch.empty(len(symbols), dtype=torch.float64)
+    for a in range(0, len(symbols), chunk):
+        s = torch.from_numpy(table_scales[idx[a : a + chunk]])
+        x = torch.from_numpy(np.abs(symbols[a : a + chunk]).astype(np.float64))
+        p = torch.special.ndtr((0.5 - x) / s) - torch.special.ndtr((-0.5 - x) / s)
+        log_p[a : a + chunk] = torch.log2(p.clamp_min(2.0**-24))
+    return float(-log_p.sum())
 
 
 class LatentStore:
@@ -142,9 +149,11 @@ class LatentEncoder:
             positions = anchors if state["pass"] == 0 else ~anchors
             block = y_np[starts[i] : starts[i + 1]]
             values = block[np.broadcast_to(positions, block.shape)]
-            symbols = np.clip(np.rint(values - mu), -r, r).astype(np.int32)
+            d = values - mu  # rounded and clipped in place: one float64 temporary of the pass, not three
+            symbols = np.clip(np.rint(d, out=d), -r, r, out=d).astype(np.int32)
+            del d
             self._write(symbols, idx)
-            self.estimated_bits += symbol_bits(symbols, self.table.scales[idx])
+            self.estimated_bits += symbol_bits(symbols, self.table.scales, idx)
             state["pass"] ^= 1
             if state["pass"] == 0:
                 state["slice"] += 1
