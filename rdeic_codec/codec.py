@@ -100,7 +100,7 @@ def encode(model, image: np.ndarray, lam: float) -> EncodeResult:
     """
     check_image(image)
     check_lambda(model, lam)  # before the networks run
-    return encode_analysis(model, analyse_image(model, image), lam)
+    return encode_analysis(model, analyse_image(model, image), lam, consume=True)
 
 
 # -- encoding in two halves, so a rate search (rdeic_codec/target.py) runs the first one once -------
@@ -130,24 +130,31 @@ def analyse_image(model, image: np.ndarray) -> ImageAnalysis:
 
 
 @torch.no_grad()
-def encode_analysis(model, analysis: ImageAnalysis, lam: float) -> EncodeResult:
+def encode_analysis(model, analysis: ImageAnalysis, lam: float, consume: bool = False) -> EncodeResult:
     """The λ-dependent half of :func:`encode`: gain, h_a, VQ and range coding.
 
     Args:
         model: the model that made ``analysis``.
         analysis: from :func:`analyse_image`.
         lam: rate parameter λ; the file stores (and the coder uses) its float16 value.
+        consume: ``analysis`` is not used again: its y is gained in place (one full-size copy of y
+            less; a rate search, which reuses it, leaves this off).
     """
     lam = check_lambda(model, lam)
     device = analysis.y.device
-    y, indices = tiled.gain_and_indices(model, analysis.y, torch.tensor([lam], device=device))
+    y, indices = tiled.gain_and_indices(model, analysis.y, torch.tensor([lam], device=device), in_place=consume)
+    if consume:
+        analysis.y = None
     path = model.entropy_path()
     table, gaussians = _coders(model)
     coder = LatentEncoder(table, gaussians)
     idx = indices.cpu()
     coder.encode_indices(idx.numpy(), path["quantize"].embed_prob)
     hyper = tiled.hyper_parameters(model, idx)
-    coder.encode_latent(tiled.TiledContext(path["context"], tiled.entropy_block(model)), hyper, y.cpu())
+    try:
+        coder.encode_latent(tiled.TiledContext(path["context"], tiled.entropy_block(model)), hyper, y.cpu())
+    finally:
+        hyper.close()
     header = container.Header(model_id=model.model_id, lam=lam, width=analysis.width, height=analysis.height)
     data = container.pack(header, coder.finish())
     return EncodeResult(data, lam, analysis.width, analysis.height, coder.estimated_bits)
@@ -178,7 +185,8 @@ def check_size(width: int, height: int, max_pixels: int = DEFAULT_MAX_PIXELS, wh
 
 @torch.no_grad()
 def decode_latent_code(model, header: container.Header, payload: bytes):
-    """Entropy-decode a payload: returns (ŷ float64 on CPU, seed for the sampler)."""
+    """Entropy-decode a payload: returns (ŷ on the CPU, float32 where that is exact, else float64;
+    seed for the sampler)."""
     ph, pw = -(-header.height // PAD) * PAD, -(-header.width // PAD) * PAD
     path = model.entropy_path()
     table, gaussians = _coders(model)
@@ -187,7 +195,10 @@ def decode_latent_code(model, header: container.Header, payload: bytes):
         idx = coder.decode_indices((ph // PAD) * (pw // PAD), path["quantize"].embed_prob)
         idx = torch.from_numpy(idx).view(1, ph // PAD, pw // PAD)
         hyper = tiled.hyper_parameters(model, idx)
-        y_hat = coder.decode_latent(tiled.TiledContext(path["context"], tiled.entropy_block(model)), hyper)
+        try:
+            y_hat = coder.decode_latent(tiled.TiledContext(path["context"], tiled.entropy_block(model)), hyper)
+        finally:
+            hyper.close()
     except (ValueError, RuntimeError, AssertionError) as e:
         raise container.FormatError(f"the coded stream is invalid ({e})") from None
     return y_hat, zlib.crc32(payload)

@@ -28,7 +28,7 @@ import torch
 
 from .model import network_dtype
 from .networks.autoencoder import decode_latent, encoder_feature
-from .tiling import TilePlan, receptive_radius, run_tiled
+from .tiling import TilePlan, receptive_radius, run_tiled, spans
 
 # Tile length and overlap in pixels of the image. "entropy" is part of the file format: changing it
 # changes how images larger than it decode (docs/format.md).
@@ -105,12 +105,15 @@ def analysis_transform(model, image: np.ndarray, padded: tuple[int, int], to_ten
     return run_tiled(y_tile, ph // 16, pw // 16, _blended(tiles(model)["encoder"], 16), 1)
 
 
-def gain_and_indices(model, y: torch.Tensor, lam_t: torch.Tensor):
-    """y before the gain → (gained y, VQ indices at 1/64); h_a in exact tiles."""
+def gain_and_indices(model, y: torch.Tensor, lam_t: torch.Tensor, in_place: bool = False):
+    """y before the gain → (gained y, VQ indices at 1/64); h_a in exact tiles.
+
+    ``in_place`` applies the gain to ``y`` itself (the same products), for a caller that does not
+    keep the un-gained y: a second full-size copy of y less."""
     comp = model.compression
     gain, _ = comp.gains(lam_t)
     if gain is not None:
-        y = y * gain
+        y = y.mul_(gain) if in_place else y * gain
     block = tiles(model)["compression"] // 64
     z = run_tiled(lambda r0, r1, c0, c1: comp.h_a(y[..., 4 * r0 : 4 * r1, 4 * c0 : 4 * c1]),
                   y.shape[2] // 4, y.shape[3] // 4, _exact(block, math.ceil(_halo(comp.h_a) / 4)), 1)
@@ -127,48 +130,157 @@ def entropy_block(model) -> int:
     return block // 16
 
 
-def hyper_parameters(model, indices: torch.Tensor) -> torch.Tensor:
-    """VQ indices (1, h, w) → h_s output (1, 2M, 4h, 4w) float64, in blocks of the entropy block."""
+class HyperParameters:
+    """h_s's output (1, 2M, h, w) float64, read back by window (:meth:`window`).
+
+    Every pass of every slice reads it (20 times for 10 slices), and each pass ends in a barrier: the
+    decoder must have decoded a whole pass before the next pass's parameters exist. So it is computed
+    once: recomputing h_s per window instead would run it 20 times, several times the work of the
+    rest of the entropy path. Held in memory it takes 8 bytes per image pixel (800 MB at 100 MP), so
+    an image of more than one entropy block keeps it in an unnamed temporary file (in $TMPDIR),
+    written band by band as h_s's tiles finish and read back per window: the process holds one band
+    at a time, the page cache the rest. The values read back are the bytes written.
+    """
+
+    def __init__(self, tensor: torch.Tensor | None = None, shape=None):
+        self._tensor, self._file = tensor, None
+        self.shape = tuple(tensor.shape) if tensor is not None else tuple(shape)
+
+    @classmethod
+    def spilled(cls, shape) -> "HyperParameters":
+        """An empty store of ``shape`` backed by a temporary file (filled by :meth:`write_rows`)."""
+        import tempfile
+
+        out = cls(shape=shape)
+        out._file = tempfile.TemporaryFile()  # unnamed: the file goes away with the process
+        return out
+
+    def write_rows(self, y0: int, y1: int, band: torch.Tensor) -> None:
+        """Store rows y0…y1−1 (a (1, C, y1−y0, w) band), row-major with channels last, so that a
+        window of one row is one contiguous read."""
+        _, c, _, w = self.shape
+        rows = band[0].detach().permute(1, 2, 0).contiguous().numpy()
+        self._file.seek(y0 * w * c * 8)
+        self._file.write(rows.tobytes())
+
+    def window(self, r0: int, r1: int, c0: int, c1: int) -> torch.Tensor:
+        """Rows r0…r1−1 × columns c0…c1−1 as a (1, C, r1−r0, c1−c0) float64 tensor."""
+        if self._tensor is not None:
+            return self._tensor[..., r0:r1, c0:c1]
+        _, c, _, w = self.shape
+        out = np.empty((r1 - r0, c1 - c0, c), dtype=np.float64)
+        for k, r in enumerate(range(r0, r1)):
+            self._file.seek((r * w + c0) * c * 8)
+            if self._file.readinto(memoryview(out[k]).cast("B")) != out[k].nbytes:
+                raise RuntimeError("short read from the hyper-parameter file")
+        return torch.from_numpy(out).permute(2, 0, 1)[None].contiguous()
+
+    def close(self) -> None:
+        if self._file is not None:
+            self._file.close()
+
+
+def hyper_parameters(model, indices: torch.Tensor) -> HyperParameters:
+    """VQ indices (1, h, w) → h_s output (1, 2M, 4h, 4w) float64, in blocks of the entropy block: in
+    memory for an image of one block (computed in one piece), else in a temporary file."""
     path = model.entropy_path()
     z_hat = path["quantize"].lookup(indices, torch.float64)
     h_s = path["h_s"]
     block = entropy_block(model) // 4
     plan = _exact(block, _halo(h_s))
-    return run_tiled(lambda r0, r1, c0, c1: h_s(z_hat[..., r0:r1, c0:c1]), z_hat.shape[2], z_hat.shape[3], plan, 4)
+    h, w = z_hat.shape[2:]
+
+    def tile(r0, r1, c0, c1):
+        return h_s(z_hat[..., r0:r1, c0:c1])
+
+    if len(spans(h, plan.tile, plan.overlap)) == 1 and len(spans(w, plan.tile, plan.overlap)) == 1:
+        return HyperParameters(tile(0, h, 0, w))
+    channels = 2 * sum(path["context"].slices)  # h_s's output: 2M channels
+    out = HyperParameters.spilled((1, channels, 4 * h, 4 * w))
+    run_tiled(tile, h, w, plan, 4, emit=lambda y0, y1, outs: out.write_rows(y0, y1, outs[0]))
+    return out
+
+
+def as_hyper(hyper) -> HyperParameters:
+    """A tensor (tests, tools) or :class:`HyperParameters` as the latter."""
+    return hyper if isinstance(hyper, HyperParameters) else HyperParameters(hyper)
 
 
 class TiledContext:
-    """The entropy context networks (:class:`~rdeic_codec.networks.compression.EntropyContext`'s
-    interface, as :func:`~rdeic_codec.entropy.latent_coder.walk_slices` calls it), evaluated in blocks:
-    the channel context with a halo of its three 5×5 convolutions, the spatial context with its 5×5
-    one, the 1×1 parameter networks per block. A grid within one block is computed in one piece."""
+    """The entropy context networks (:class:`~rdeic_codec.networks.compression.EntropyContext`), evaluated
+    in blocks for :func:`~rdeic_codec.entropy.latent_coder.walk_slices`: the channel context with a halo
+    of its three 5×5 convolutions, the spatial context with its 5×5 one, the 1×1 parameter networks per
+    block. A grid within one block is computed in one piece.
+
+    Each network sees, tile by tile, the same inputs as when the whole-image tensors were sliced (ŷ is
+    stored in float32 where that is exact and widened per tile; h_s's output comes by window), and the
+    tiles are stitched by the same :func:`~rdeic_codec.tiling.run_tiled`: the parameters are bitwise
+    those of the whole-image computation. A pass's parameters are reduced to scale indices and snapped
+    means band by band, so no full-size scale or mean tensor exists.
+    """
 
     def __init__(self, context, block: int):
         self.context, self.block = context, block
         self.slices = context.slices
+        self.starts = np.cumsum([0] + list(context.slices))
 
-    def _run(self, fn, like: torch.Tensor, halo: int):
-        h, w = like.shape[-2:]
-        return run_tiled(fn, h, w, _exact(self.block, halo), 1)
+    def _plan(self, halo: int) -> TilePlan:
+        return _exact(self.block, halo)
 
-    def slice_inputs(self, i, hyper, previous):
+    def channel_context(self, i: int, y_hat: torch.Tensor) -> torch.Tensor | None:
+        """Slice i's channel context from ŷ of the slices before it (None for slice 0), full size."""
         if i == 0:
-            return [hyper]
-        net = self.context.channel_context[i]
-        cc = self._run(lambda r0, r1, c0, c1: net(torch.cat([p[..., r0:r1, c0:c1] for p in previous], dim=1)),
-                       hyper, _halo(net))
-        return [cc, hyper]
+            return None
+        net, stop = self.context.channel_context[i], self.starts[i]
+        h, w = y_hat.shape[-2:]
 
-    def anchor_params(self, i, shared):
-        return self._run(lambda r0, r1, c0, c1: self.context.anchor_params(i, [s[..., r0:r1, c0:c1] for s in shared]),
-                         shared[-1], 0)
+        def tile(r0, r1, c0, c1):
+            return net(y_hat[:, :stop, r0:r1, c0:c1].to(torch.float64).contiguous())
 
-    def nonanchor_params(self, i, shared, anchors_hat):
-        def params(r0, r1, c0, c1):
-            return self.context.nonanchor_params(i, [s[..., r0:r1, c0:c1] for s in shared],
-                                                 anchors_hat[..., r0:r1, c0:c1])
+        return run_tiled(tile, h, w, self._plan(_halo(net)), 1)
 
-        return self._run(params, anchors_hat, _halo(self.context.local_context[i]))
+    def pass_parameters(self, i: int, anchor: bool, hyper: HyperParameters, cc, y_hat: torch.Tensor,
+                        is_anchor: np.ndarray, table) -> tuple[np.ndarray, np.ndarray]:
+        """One pass's (scale indices, snapped means) at its positions, as 1-D arrays in (channel, row,
+        col) order.
+
+        Args:
+            i: the slice.
+            anchor: the anchor pass (else the non-anchor pass, which sees the slice's decoded anchors).
+            hyper: h_s's output.
+            cc: slice i's channel context (None for slice 0).
+            y_hat: ŷ so far (the non-anchor pass reads slice i's anchors; the rest of the slice is 0).
+            is_anchor: (h, w) bool, the anchor positions (:func:`~rdeic_codec.networks.compression.anchor_mask`).
+            table: the scale table.
+        """
+        ctx, ch = self.context, self.slices[i]
+        s0, s1 = self.starts[i], self.starts[i + 1]
+        h, w = is_anchor.shape
+        positions = is_anchor if anchor else ~is_anchor
+        anchors = torch.from_numpy(is_anchor).to(torch.float64)[None, None]  # anchor_mask's 0/1 values
+
+        def tile(r0, r1, c0, c1):
+            shared = [hyper.window(r0, r1, c0, c1)]
+            if cc is not None:
+                shared.insert(0, cc[..., r0:r1, c0:c1])
+            if anchor:
+                return ctx.anchor_params(i, shared)
+            anchors_hat = y_hat[:, s0:s1, r0:r1, c0:c1].to(torch.float64) * anchors[..., r0:r1, c0:c1]
+            return ctx.nonanchor_params(i, shared, anchors_hat)
+
+        per_row = positions.sum(axis=1)
+        offsets = np.concatenate([[0], np.cumsum(per_row)])
+        idx = np.empty((ch, offsets[-1]), dtype=np.int64)
+        mu = np.empty((ch, offsets[-1]), dtype=np.float64)
+
+        def emit(y0, y1, outs):  # finished rows y0…y1−1: their positions are one run of each channel's
+            scales, means = (o[0].contiguous() for o in outs)  # contiguous, as whole-image tensors were
+            sel = positions[y0:y1]
+            idx[:, offsets[y0] : offsets[y1]] = table.scale_index(scales)[:, sel]
+            mu[:, offsets[y0] : offsets[y1]] = table.snap_mean(means)[:, sel]
+
+        run_tiled(tile, h, w, self._plan(0 if anchor else _halo(ctx.local_context[i])), 1, emit=emit)
+        return idx.reshape(-1), mu.reshape(-1)
 
 
 # -- decoder -------------------------------------------------------------------------------------
@@ -218,8 +330,6 @@ def decode_image(model, latent: torch.Tensor, height: int, width: int, to_uint8)
 def seams(model, height: int, width: int) -> tuple[list[int], list[int]]:
     """Pixel rows and columns where blended tiles meet (the middle of each overlap), for every blended
     stage: where a seam would show. For measurements (``make bench``, tests)."""
-    from .tiling import spans
-
     ph, pw = -(-height // 64) * 64, -(-width // 64) * 64
     found = ([], [])
     for stage, unit in (("encoder", 16), ("denoiser", 64), ("decoder", 8)):

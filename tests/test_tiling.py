@@ -142,3 +142,108 @@ def test_no_seams_with_the_shipped_model_at_small_tiles():
     whole = psnr(out, image)
     assert psnr(out[band], image[band]) > whole - 0.3
     assert whole > psnr(reference, image) - 0.3
+
+
+class _WholeImageContext:
+    """The entropy context as it was computed before streaming (reference for the test below): every
+    intermediate a whole-image float64 tensor, stitched by the same tiles."""
+
+    def __init__(self, context, block):
+        self.context, self.block, self.slices = context, block, context.slices
+
+    def _run(self, fn, like, halo):
+        return run_tiled(fn, like.shape[-2], like.shape[-1], tiled._exact(self.block, halo), 1)
+
+    def walk(self, hyper, table, code_pass):
+        from rdeic_codec.networks.compression import anchor_mask
+
+        ctx, (_, _, h, w) = self.context, hyper.shape
+        anchors = anchor_mask(h, w, dtype=torch.float64)
+        is_anchor = anchors.bool()[0, 0].numpy()
+        y_hat_all = torch.zeros(1, sum(self.slices), h, w, dtype=torch.float64)
+        starts = np.cumsum([0] + list(self.slices))
+        for i, ch in enumerate(self.slices):
+            shared = [hyper]
+            if i:
+                net, prev = ctx.channel_context[i], y_hat_all[:, : starts[i]]
+                shared.insert(0, self._run(lambda r0, r1, c0, c1: net(prev[..., r0:r1, c0:c1].contiguous()),
+                                           hyper, tiled._halo(net)))
+            y_hat = y_hat_all[:, starts[i] : starts[i + 1]]
+            for positions, anchor in ((is_anchor, True), (~is_anchor, False)):
+                if anchor:
+                    scales, means = self._run(
+                        lambda r0, r1, c0, c1: ctx.anchor_params(i, [s[..., r0:r1, c0:c1] for s in shared]), hyper, 0)
+                else:
+                    a_hat = y_hat * anchors
+                    scales, means = self._run(lambda r0, r1, c0, c1: ctx.nonanchor_params(
+                        i, [s[..., r0:r1, c0:c1] for s in shared], a_hat[..., r0:r1, c0:c1]),
+                        hyper, tiled._halo(ctx.local_context[i]))
+                sel = np.broadcast_to(positions, (ch, h, w))
+                mu = table.snap_mean(means[0])[sel]
+                y_hat[0].numpy()[sel] = code_pass(table.scale_index(scales[0])[sel], mu) + mu
+        return y_hat_all
+
+
+@pytest.mark.parametrize("entropy", [256, 384])
+def test_streamed_entropy_path_equals_whole_image_tensors(tiny_model, entropy):
+    """h_s's output written to a file and read back by window, ŷ kept in float32 and the parameters
+    reduced band by band give bitwise the scale indices, means and ŷ of whole-image float64 tensors
+    stitched by the same tiles (the computation before streaming)."""
+    from rdeic_codec.entropy.latent_coder import walk_slices
+    from rdeic_codec.entropy.tables import ScaleTable
+
+    saved = tiny_model.config.get("tiling")
+    tiny_model.config["tiling"] = {"entropy": entropy}
+    try:
+        path = tiny_model.entropy_path()
+        gen = torch.Generator().manual_seed(7)
+        idx = torch.randint(0, path["quantize"].embedding.weight.shape[0], (1, 11, 13), generator=gen)
+        hyper = tiled.hyper_parameters(tiny_model, idx)
+        assert hyper._file is not None  # more than one block: the spilled store
+        block = tiled.entropy_block(tiny_model)
+        z_hat = path["quantize"].lookup(idx, torch.float64)
+        whole = run_tiled(lambda r0, r1, c0, c1: path["h_s"](z_hat[..., r0:r1, c0:c1]), 11, 13,
+                          tiled._exact(block // 4, tiled._halo(path["h_s"])), 4)
+        assert torch.equal(hyper.window(0, 44, 0, 52), whole)
+        assert torch.equal(hyper.window(5, 30, 17, 41), whole[..., 5:30, 17:41])
+        y = 3 * torch.randn(1, sum(path["context"].slices), 44, 52, generator=gen)
+        table = ScaleTable(tiny_model.config["entropy"])
+        got, want = [], []
+
+        def coder(log):
+            state = {"n": 0}
+
+            def code_pass(scale_idx, mu):  # round a fixed stream of values, as the encoder rounds y
+                log.append((scale_idx.copy(), mu.copy()))
+                values = y.numpy().reshape(-1)[state["n"] : state["n"] + len(mu)]
+                state["n"] += len(mu)
+                return np.rint(values - mu).astype(np.int32)
+
+            return code_pass
+
+        with torch.no_grad():
+            streamed = walk_slices(tiled.TiledContext(path["context"], block), hyper, table, coder(got))
+            reference = _WholeImageContext(path["context"], block).walk(whole, table, coder(want))
+        assert streamed.dtype == torch.float32
+        assert torch.equal(streamed.double(), reference)
+        assert len(got) == len(want) == 2 * len(path["context"].slices)
+        for (gi, gm), (wi, wm) in zip(got, want):
+            assert np.array_equal(gi, wi) and np.array_equal(gm, wm)
+        hyper.close()
+    finally:
+        tiny_model.config["tiling"] = saved
+        if saved is None:
+            tiny_model.config.pop("tiling")
+
+
+def test_latent_store_widens_to_float64_when_float32_would_round():
+    from rdeic_codec.entropy.latent_coder import LatentStore
+
+    store = LatentStore(2, 2, 2)
+    first = np.eye(2, dtype=bool)
+    store.write(0, 1, first, np.array([1.5, -3.00390625]))
+    assert store.tensor.dtype == torch.float32
+    store.write(1, 2, first, np.array([2.0**24 + 1, 0.25]))  # not a float32
+    assert store.tensor.dtype == torch.float64
+    assert store.tensor[0, 0, 0, 0] == 1.5 and store.tensor[0, 0, 1, 1] == -3.00390625
+    assert store.tensor[0, 1, 0, 0] == 2.0**24 + 1 and store.tensor[0, 1, 1, 1] == 0.25

@@ -107,7 +107,7 @@ def code(model, entropy: dict, y, idx):
     with torch.no_grad():
         enc.encode_indices(idx.numpy(), path["quantize"].embed_prob)
         hyper = path["h_s"](path["quantize"].lookup(idx, torch.float64))
-        y_hat = enc.encode_latent(path["context"], hyper, y)
+        y_hat = enc.encode_latent(path["context"], hyper, y).double()  # float32 where exact
     return 8 * len(enc.finish()), np.concatenate(written), np.concatenate(indices), y_hat
 
 

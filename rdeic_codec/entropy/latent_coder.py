@@ -42,51 +42,82 @@ def index_bits(embed_prob: torch.Tensor, indices: np.ndarray) -> float:
     return float(-np.log2(freq[indices] / freq.sum()).sum())
 
 
-def symbol_bits(symbols: np.ndarray, scales: np.ndarray) -> float:
-    """The model's own estimate: -log2 of each symbol's Gaussian bin probability (floored at 2^-24)."""
-    s = torch.from_numpy(scales)
-    x = torch.from_numpy(np.abs(symbols).astype(np.float64))
-    p = torch.special.ndtr((0.5 - x) / s) - torch.special.ndtr((-0.5 - x) / s)
-    return float(-torch.log2(p.clamp_min(2.0**-24)).sum())
+def symbol_bits(symbols: np.ndarray, table_scales: np.ndarray, idx: np.ndarray, chunk: int = 1 << 18) -> float:
+    """The model's own estimate: -log2 of each symbol's Gaussian bin probability (floored at 2^-24),
+    symbol k having the scale ``table_scales[idx[k]]``.
+
+    Per-symbol terms are computed ``chunk`` symbols at a time (a pass of a large image has millions:
+    the temporaries of the whole pass at once would be several times its size) and summed at once."""
+    log_p = torch.empty(len(symbols), dtype=torch.float64)
+    for a in range(0, len(symbols), chunk):
+        s = torch.from_numpy(table_scales[idx[a : a + chunk]])
+        x = torch.from_numpy(np.abs(symbols[a : a + chunk]).astype(np.float64))
+        p = torch.special.ndtr((0.5 - x) / s) - torch.special.ndtr((-0.5 - x) / s)
+        log_p[a : a + chunk] = torch.log2(p.clamp_min(2.0**-24))
+    return float(-log_p.sum())
 
 
-def walk_slices(context, hyper: torch.Tensor, table: ScaleTable, code_pass) -> torch.Tensor:
+class LatentStore:
+    """ŷ (1, M, h, w) for the whole image, in float32 while every value written is exact in it.
+
+    ŷ = integer symbol + mean snapped to the grid 2^mean_step_log2, so float32 holds it exactly up to
+    2^24 grid steps: |ŷ| < 65536 on the small profile's 2^-8 grid, < 256 on the paper profile's
+    2^-16. Half of float64's memory (2 bytes per image pixel instead of 4). A value that float32
+    would round widens the store to float64 for good (exactly, before the value is written), so ŷ is
+    always the exact float64 value; the context networks widen what they read per tile.
+    """
+
+    def __init__(self, channels: int, h: int, w: int):
+        self.tensor = torch.zeros(1, channels, h, w, dtype=torch.float32)
+
+    def write(self, start: int, stop: int, positions: np.ndarray, values: np.ndarray) -> None:
+        """Set channels start…stop−1 at ``positions`` ((h, w) bool) to ``values`` (float64, in (channel,
+        row, col) order)."""
+        if self.tensor.dtype == torch.float32:
+            narrow = values.astype(np.float32)
+            if np.array_equal(narrow, values):
+                values = narrow
+            else:
+                self.tensor = self.tensor.double()
+        plane = self.tensor[0, start:stop].numpy()
+        plane[np.broadcast_to(positions, plane.shape)] = values
+
+
+def walk_slices(context, hyper, table: ScaleTable, code_pass) -> torch.Tensor:
     """Compute every pass's (scale index, snapped mean) and let ``code_pass`` produce its symbols.
 
     Args:
-        context: the float64 CPU copy of the compression module's :class:`EntropyContext`.
-        hyper: (1, 2M, h, w) float64 output of h_s.
+        context: a :class:`~rdeic_codec.tiled.TiledContext`, or the float64 CPU copy of the compression
+            module's :class:`EntropyContext` (computed in one piece).
+        hyper: the output of h_s, (1, 2M, h, w) float64: a tensor or
+            :class:`~rdeic_codec.tiled.HyperParameters`.
         table: the scale table.
         code_pass: ``code_pass(scale_idx, means) → symbols`` on 1-D arrays of the pass's positions
             in (channel, row, col) order; the encoder rounds and writes, the decoder reads.
 
     Returns:
-        ŷ (1, M, h, w) float64, exactly equal on both sides.
+        ŷ (1, M, h, w), exactly equal on both sides: float32 when that holds every value exactly,
+        else float64 (:class:`LatentStore`).
     """
+    from ..tiled import TiledContext, as_hyper
+
+    hyper = as_hyper(hyper)
     _, _, h, w = hyper.shape
-    anchors = anchor_mask(h, w, dtype=torch.float64)
-    is_anchor = anchors.bool().expand(1, 1, h, w)[0, 0].numpy()
-    hats: list[torch.Tensor] = []
-    # One tensor for all of ŷ, each slice a view of it: no second copy at the end (large images).
-    y_hat_all = torch.zeros(1, sum(context.slices), h, w, dtype=torch.float64)
+    if not isinstance(context, TiledContext):
+        context = TiledContext(context, max(h, w, 1))  # one block: the networks on the whole image
+    is_anchor = anchor_mask(h, w, dtype=torch.float64).bool()[0, 0].numpy()
+    store = LatentStore(sum(context.slices), h, w)
     starts = np.cumsum([0] + list(context.slices))
     with torch.no_grad():
-        for i, ch in enumerate(context.slices):
-            shared = context.slice_inputs(i, hyper, hats)
-            y_hat = y_hat_all[:, starts[i] : starts[i + 1]]
-            for positions, params in ((is_anchor, None), (~is_anchor, "nonanchor")):
-                if params is None:
-                    scales, means = context.anchor_params(i, shared)
-                else:
-                    scales, means = context.nonanchor_params(i, shared, y_hat * anchors)
-                sel = np.broadcast_to(positions, (ch, h, w))
-                idx = table.scale_index(scales[0])[sel]
-                mu = table.snap_mean(means[0])[sel]
+        for i in range(len(context.slices)):
+            cc = context.channel_context(i, store.tensor)
+            for anchor in (True, False):
+                idx, mu = context.pass_parameters(i, anchor, hyper, cc, store.tensor, is_anchor, table)
                 symbols = code_pass(idx, mu)
-                plane = y_hat[0].numpy()
-                plane[sel] = symbols + mu
-            hats.append(y_hat)
-    return y_hat_all
+                store.write(starts[i], starts[i + 1], is_anchor if anchor else ~is_anchor, symbols + mu)
+                del idx, mu, symbols
+            del cc
+    return store.tensor
 
 
 class LatentEncoder:
@@ -103,10 +134,11 @@ class LatentEncoder:
         self.coder.encode(flat, index_model(embed_prob))
         self.estimated_bits += index_bits(embed_prob, flat)
 
-    def encode_latent(self, context, hyper: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        """Code y (1, M, h, w) given the hyper parameters; returns ŷ as the decoder will see it."""
+    def encode_latent(self, context, hyper, y: torch.Tensor) -> torch.Tensor:
+        """Code y (1, M, h, w) given the hyper parameters (see :func:`walk_slices`); returns ŷ as the
+        decoder will see it."""
         y_np = y.detach().cpu().numpy()[0]  # float32 stays float32: values − mu promotes exactly to float64
-        _, _, h, w = hyper.shape
+        h, w = y_np.shape[1:]
         anchors = anchor_mask(h, w, dtype=torch.float64).bool()[0, 0].numpy()
         r = self.table.max_symbol
         state = {"slice": 0, "offset": 0, "pass": 0}
@@ -117,9 +149,11 @@ class LatentEncoder:
             positions = anchors if state["pass"] == 0 else ~anchors
             block = y_np[starts[i] : starts[i + 1]]
             values = block[np.broadcast_to(positions, block.shape)]
-            symbols = np.clip(np.rint(values - mu), -r, r).astype(np.int32)
+            d = values - mu  # rounded and clipped in place: one float64 temporary of the pass, not three
+            symbols = np.clip(np.rint(d, out=d), -r, r, out=d).astype(np.int32)
+            del d
             self._write(symbols, idx)
-            self.estimated_bits += symbol_bits(symbols, self.table.scales[idx])
+            self.estimated_bits += symbol_bits(symbols, self.table.scales, idx)
             state["pass"] ^= 1
             if state["pass"] == 0:
                 state["slice"] += 1
@@ -149,7 +183,7 @@ class LatentDecoder:
     def decode_indices(self, count: int, embed_prob: torch.Tensor) -> np.ndarray:
         return np.asarray(self.coder.decode(index_model(embed_prob), count), dtype=np.int64)
 
-    def decode_latent(self, context, hyper: torch.Tensor) -> torch.Tensor:
+    def decode_latent(self, context, hyper) -> torch.Tensor:
         def code_pass(idx, mu):
             symbols = np.empty(idx.shape, dtype=np.int32)
             for s in np.unique(idx):
