@@ -50,9 +50,11 @@ def main() -> None:
         rows += parse(path, os.path.basename(os.path.dirname(path)))
     for path in args.logs:
         rows += parse(path)
-    # The same validation may be in a stage's valid.log and in a console log: keep one.
-    unique = {(r["stage"], r["step"], r["metric"]): r for r in rows}
-    rows = sorted(unique.values(), key=lambda r: (r["stage"], r["metric"], r["step"]))
+    # The same validation may be in a stage's valid.log and in a console log: keep one. A stage
+    # restarted at step 0 (a warm restart) repeats step numbers, so CPU-minutes tell the points apart
+    # and order them.
+    unique = {(r["stage"], r["step"], r["metric"], r["cpu_min"]): r for r in rows}
+    rows = sorted(unique.values(), key=lambda r: (r["stage"], r["metric"], r["cpu_min"], r["step"]))
     os.makedirs(os.path.dirname(os.path.abspath(args.output)), exist_ok=True)
     with open(args.output + ".csv", "w", newline="") as f:
         w = csv.DictWriter(f, fieldnames=["stage", "step", "cpu_min", "metric", "value"])
