@@ -137,7 +137,7 @@ SMALL = {
         # (λ = 0.1 → ≤ 0.03 bpp, λ = 2 → 0.10–0.14). Measured on 4 validation crops: λ·0.6 spread them
         # over 0.017 / 0.065 / 0.44 bpp at λ = 0.1 / 0.5 / 2; 0.3·λ^0.4 with the pixel term below gave
         # 0.020 / 0.056 / 0.22. Rate grew about as weight^2.5 there, so 0.25·λ^0.3 should bring λ = 2 to
-        # about 0.12 and leave λ = 0.1 near 0.02 (docs/training.md).
+        # about 0.12 and leave λ = 0.1 near 0.02 (not measured yet).
         "distortion_scale": 0.25,
         "distortion_power": 0.3,
         # Training only: z_c's distortion is mostly measured in pixels, through the frozen decoder
@@ -156,7 +156,7 @@ SMALL = {
         "lambdas": [0.1, 0.25, 0.5, 1.0, 2.0],
     },
     # The relay starts at t = 150 (noise σ/√ᾱ = 0.46), not SD's 299 (0.83): the small denoiser cannot
-    # remove the larger noise. With the same weights (docs/training.md), 2 steps from t = 150 gave
+    # remove the larger noise. With the same weights (models/rdeic-small/README.md), 2 steps from t = 150 gave
     # 17.50 dB and NIQE 6.22 on the three sample photos, from t = 299 16.86 dB and 6.41.
     "diffusion": dict(DIFFUSION, relay_start=150),
     "entropy": ENTROPY,
