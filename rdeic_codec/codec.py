@@ -150,11 +150,8 @@ def encode_analysis(model, analysis: ImageAnalysis, lam: float, consume: bool = 
     coder = LatentEncoder(table, gaussians)
     idx = indices.cpu()
     coder.encode_indices(idx.numpy(), path["quantize"].embed_prob)
-    hyper = tiled.hyper_parameters(model, idx)
-    try:
-        coder.encode_latent(tiled.TiledContext(path["context"], tiled.entropy_block(model)), hyper, y.cpu())
-    finally:
-        hyper.close()
+    with tiled.hyper_parameters(model, idx) as hyper:
+        coder.encode_latent(tiled.entropy_context(model), hyper, y.cpu())
     header = container.Header(model_id=model.model_id, lam=lam, width=analysis.width, height=analysis.height)
     data = container.pack(header, coder.finish())
     return EncodeResult(data, lam, analysis.width, analysis.height, coder.estimated_bits)
@@ -194,11 +191,8 @@ def decode_latent_code(model, header: container.Header, payload: bytes):
         coder = LatentDecoder(payload, table, gaussians)
         idx = coder.decode_indices((ph // PAD) * (pw // PAD), path["quantize"].embed_prob)
         idx = torch.from_numpy(idx).view(1, ph // PAD, pw // PAD)
-        hyper = tiled.hyper_parameters(model, idx)
-        try:
-            y_hat = coder.decode_latent(tiled.TiledContext(path["context"], tiled.entropy_block(model)), hyper)
-        finally:
-            hyper.close()
+        with tiled.hyper_parameters(model, idx) as hyper:
+            y_hat = coder.decode_latent(tiled.entropy_context(model), hyper)
     except (ValueError, RuntimeError, AssertionError) as e:
         raise container.FormatError(f"the coded stream is invalid ({e})") from None
     return y_hat, zlib.crc32(payload)

@@ -179,6 +179,12 @@ class HyperParameters:
         if self._file is not None:
             self._file.close()
 
+    def __enter__(self) -> "HyperParameters":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
 
 def hyper_parameters(model, indices: torch.Tensor) -> HyperParameters:
     """VQ indices (1, h, w) → h_s output (1, 2M, 4h, 4w) float64, in blocks of the entropy block: in
@@ -204,6 +210,11 @@ def hyper_parameters(model, indices: torch.Tensor) -> HyperParameters:
 def as_hyper(hyper) -> HyperParameters:
     """A tensor (tests, tools) or :class:`HyperParameters` as the latter."""
     return hyper if isinstance(hyper, HyperParameters) else HyperParameters(hyper)
+
+
+def entropy_context(model) -> "TiledContext":
+    """The model's entropy context networks in its entropy blocks (what both coders walk)."""
+    return TiledContext(model.entropy_path()["context"], entropy_block(model))
 
 
 class TiledContext:

@@ -141,7 +141,7 @@ class LatentEncoder:
         h, w = y_np.shape[1:]
         anchors = anchor_mask(h, w, dtype=torch.float64).bool()[0, 0].numpy()
         r = self.table.max_symbol
-        state = {"slice": 0, "offset": 0, "pass": 0}
+        state = {"slice": 0, "pass": 0}
         starts = np.cumsum([0] + list(context.slices))
 
         def code_pass(idx, mu):

@@ -21,6 +21,7 @@ import math
 
 import torch
 
+from ..networks.autoencoder import decode_latent
 from ..networks.control import unet_forward
 from ..sampler import alphas_cumprod
 from .file_rate import file_bpp, validation_images
@@ -65,8 +66,6 @@ def zc_distortion(model, z_c: torch.Tensor, z: torch.Tensor, generator=None):
     pixel_weight, msssim_weight = cfg.get("zc_pixel_weight", 0.0), cfg.get("zc_msssim_weight", 0.0)
     dist = cfg.get("zc_latent_weight", 1.0) * mse_lat
     if pixel_weight > 0 or msssim_weight > 0:
-        from ..networks.autoencoder import decode_latent
-
         w = min(PIXEL_WINDOW, z.shape[2], z.shape[3])
         i, j = (int(torch.randint(0, n - w + 1, (1,), generator=generator)) for n in z.shape[2:])
         window = (slice(None), slice(None), slice(i, i + w), slice(j, j + w))
