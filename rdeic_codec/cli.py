@@ -7,6 +7,7 @@ stderr, a non-zero exit and no partial output file.
 
 from __future__ import annotations
 
+import gc
 import os
 import sys
 import time
@@ -70,14 +71,24 @@ def resolve_device(name: str):
 
 
 def _load(model_dir: str | None, device_name: str, threads: int | None, half: bool = False, encode_only=False):
-    import torch
+    # Importing torch and diffusers and building the networks create a few hundred thousand long-lived
+    # objects, which Python's cyclic garbage collector would otherwise scan again and again while they
+    # are made and at every later collection. Collection is off until the model is loaded, and what
+    # exists then is frozen out of later collections (gc.freeze): garbage made while coding is still
+    # collected.
+    gc.disable()
+    try:
+        import torch
 
-    if threads:
-        torch.set_num_threads(threads)
-    from .model import COMPONENTS, ENCODER_COMPONENTS, load_model
+        if threads:
+            torch.set_num_threads(threads)
+        from .model import COMPONENTS, ENCODER_COMPONENTS, load_model
 
-    device = resolve_device(device_name)
-    return load_model(model_dir, device, half=half, parts=ENCODER_COMPONENTS if encode_only else COMPONENTS)
+        device = resolve_device(device_name)
+        return load_model(model_dir, device, half=half, parts=ENCODER_COMPONENTS if encode_only else COMPONENTS)
+    finally:
+        gc.freeze()
+        gc.enable()
 
 
 def _check_size(width: int, height: int, max_pixels: int | None, what: str) -> None:

@@ -94,3 +94,26 @@ print(json.dumps({"policy": os.environ.get("OMP_WAIT_POLICY")}))
         out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=run_env, cwd=ROOT)
         assert out.returncode == 0, out.stderr
         assert json.loads(out.stdout.strip().splitlines()[-1]) == {"policy": expected}
+
+
+def test_the_command_line_keeps_loaded_objects_out_of_garbage_collection(tiny_model_dir, tmp_path):
+    # Scanning torch's, diffusers' and the model's objects at every collection cost about 15% of a
+    # whole decode (make bench); collection must still work for what coding leaves behind.
+    from PIL import Image
+
+    Image.fromarray(smooth_image(64, 96)).save(tmp_path / "in.png")
+    result = _in_fresh_process(f"""
+import gc, json
+from rdeic_codec import cli
+from rdeic_codec.cli import main
+try:
+    main(["encode", {str(tmp_path / "in.png")!r}, {str(tmp_path / "out.rdc")!r}, "--model", {tiny_model_dir!r}, "-q"])
+except SystemExit as e:
+    assert not e.code, e.code
+frozen, enabled = gc.get_freeze_count(), gc.isenabled()
+cycle = []
+cycle.append(cycle)
+del cycle
+print(json.dumps({{"frozen": frozen > 10000, "enabled": enabled, "collected": gc.collect() >= 1}}))
+""")
+    assert result == {"frozen": True, "enabled": True, "collected": True}
