@@ -212,10 +212,15 @@ def encode(paths, out_dir, lam, size, bpp, model_dir, device, threads, quiet, fo
             warn(image.colour_note)
         if model is None:
             model = _load(model_dir, device, threads, half, encode_only=True)
-        from .target import encode_at_rate
+        from . import codec
+        from .target import check_rate, encode_at_rate
 
         t0 = time.perf_counter()
-        result, search = encode_at_rate(model, image.pixels, lam, size, bpp)
+        check_rate(model, (image.pixels.shape[1], image.pixels.shape[0]), lam, size, bpp)
+        # The pixels go once the λ-independent half has run: 3 bytes a pixel less during entropy coding.
+        analysis = codec.analyse_image(model, image.pixels)
+        del image
+        result, search = encode_at_rate(model, analysis, lam, size, bpp)
         seconds = time.perf_counter() - t0
         write_output(output, result.data)
         line = (f"{output}: {result.width}x{result.height}, lambda {result.lam:g}, {len(result.data)} bytes, "

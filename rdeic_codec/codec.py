@@ -151,7 +151,8 @@ def encode_analysis(model, analysis: ImageAnalysis, lam: float, consume: bool = 
     idx = indices.cpu()
     coder.encode_indices(idx.numpy(), path["quantize"].embed_prob)
     with tiled.hyper_parameters(model, idx) as hyper:
-        coder.encode_latent(tiled.entropy_context(model), hyper, y.cpu())
+        # y is this call's own (consumed, or the gained copy) unless it is the analysis's un-gained y itself.
+        coder.encode_latent(tiled.entropy_context(model), hyper, y.cpu(), overwrite=y is not analysis.y)
     header = container.Header(model_id=model.model_id, lam=lam, width=analysis.width, height=analysis.height)
     data = container.pack(header, coder.finish())
     return EncodeResult(data, lam, analysis.width, analysis.height, coder.estimated_bits)

@@ -123,7 +123,7 @@ def _to_rgb8(im) -> tuple[np.ndarray, bool]:
         return np.asarray(Image.alpha_composite(white, rgba).convert("RGB")), True
     if mode == "RGB;16" or mode.startswith("RGB") and mode != "RGB":
         im = im.convert("RGB")
-    return np.asarray(im.convert("RGB")), False
+    return np.asarray(im if im.mode == "RGB" else im.convert("RGB")), False  # convert("RGB") of RGB copies
 
 
 def load_image(source: str | bytes, check_size=None) -> LoadedImage:

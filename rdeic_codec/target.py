@@ -76,12 +76,13 @@ def check_searchable(model) -> tuple[float, float]:
     return rng
 
 
-def encode_to_size(model, image: np.ndarray, target_bytes: int, max_probes: int = MAX_PROBES) -> TargetResult:
+def encode_to_size(model, image: np.ndarray | codec.ImageAnalysis, target_bytes: int,
+                   max_probes: int = MAX_PROBES) -> TargetResult:
     """The largest file not over ``target_bytes``, searched over the model's λ range.
 
     Args:
         model: a loaded model with a λ range (a converted paper model has one λ: nothing to search).
-        image: an (H, W, 3) uint8 RGB image.
+        image: an (H, W, 3) uint8 RGB image, or its :func:`codec.analyse_image`.
         target_bytes: the budget for the whole file (header and CRC included).
         max_probes: bound on the number of coded probes.
 
@@ -92,7 +93,7 @@ def encode_to_size(model, image: np.ndarray, target_bytes: int, max_probes: int 
     if target_bytes < 1:
         raise TargetError(f"target size must be at least 1 byte, got {target_bytes}")
     grid = lambda_grid(*rng)
-    analysis = codec.analyse_image(model, image)  # once: the probes share it
+    analysis = _analysis(model, image)  # once: the probes share it
     out = TargetResult(result=None, target_bytes=target_bytes)  # type: ignore[arg-type]
 
     def probe(i: int) -> codec.EncodeResult:
@@ -155,27 +156,63 @@ def _next_probe(grid: np.ndarray, sizes: dict[int, int], ok: int | None, bad: in
     return min(max(j, known + 1), len(grid) - 1) if ok is not None else max(min(j, known - 1), 0)
 
 
-def encode_at_rate(model, image: np.ndarray, lam: float | None = None, size: int | None = None,
-                   bpp: float | None = None) -> tuple[codec.EncodeResult, TargetResult | None]:
+def encode_at_rate(model, image: np.ndarray | codec.ImageAnalysis, lam: float | None = None,
+                   size: int | None = None, bpp: float | None = None) -> tuple[codec.EncodeResult, TargetResult | None]:
     """Encode at a λ, or at the largest size not over ``size`` bytes or ``bpp`` bits per pixel.
 
     At most one of the three may be given (none: λ = :data:`DEFAULT_LAMBDA`). Returns the encoding and,
     for a target, the search (its probes, and whether the target was above the largest file).
 
+    Args:
+        image: an (H, W, 3) uint8 RGB image, or its :func:`codec.analyse_image`, which this then
+            consumes: a caller that frees the pixels after the analysis holds 3 bytes a pixel less
+            while the entropy coder runs (check the rate first with :func:`check_rate`).
+
     Raises:
         codec.CodecError: more than one rate given, a bad value, or a target the model cannot reach.
+    """
+    budget = check_rate(model, _dimensions(image), lam, size, bpp)
+    analysis = _analysis(model, image)
+    if budget is None:
+        return codec.encode_analysis(model, analysis, DEFAULT_LAMBDA if lam is None else lam, consume=True), None
+    found = encode_to_size(model, analysis, budget)
+    return found.result, found
+
+
+def check_rate(model, dimensions: tuple[int, int], lam: float | None = None, size: int | None = None,
+               bpp: float | None = None) -> int | None:
+    """Check the rate arguments of :func:`encode_at_rate` for a (width, height) image before any
+    network runs; returns the byte budget of a target (None for a λ).
+
+    Raises:
+        codec.CodecError: as :func:`encode_at_rate`.
     """
     given = [name for name, v in (("--lambda", lam), ("--size", size), ("--bpp", bpp)) if v is not None]
     if len(given) > 1:
         raise codec.CodecError(f"give one of {' and '.join(given)}, not both")
     if size is None and bpp is None:
-        return codec.encode(model, image, DEFAULT_LAMBDA if lam is None else lam), None
+        codec.check_lambda(model, DEFAULT_LAMBDA if lam is None else lam)
+        return None
     if bpp is not None and not (bpp > 0 and math.isfinite(bpp)):
         raise codec.CodecError(f"--bpp must be a positive number, got {bpp}")
-    codec.check_image(image)
-    height, width = image.shape[:2]
+    check_searchable(model)
+    width, height = dimensions
     budget = size if size is not None else bpp_to_bytes(bpp, width, height)
     if budget < 1:
         raise TargetError(f"--bpp {bpp:g} is {budget} bytes for a {width}×{height} image; no file is that small")
-    found = encode_to_size(model, image, budget)
-    return found.result, found
+    return budget
+
+
+def _dimensions(image) -> tuple[int, int]:
+    if isinstance(image, codec.ImageAnalysis):
+        return image.width, image.height
+    codec.check_image(image)
+    return image.shape[1], image.shape[0]
+
+
+def _analysis(model, image) -> codec.ImageAnalysis:
+    if isinstance(image, codec.ImageAnalysis):
+        if image.y is None:
+            raise ValueError("this ImageAnalysis was consumed by an earlier encode")
+        return image
+    return codec.analyse_image(model, image)

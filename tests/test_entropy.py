@@ -57,6 +57,27 @@ def test_decoder_parameter_noise_does_not_change_symbols(tiny_model):
     assert torch.equal(y_enc, y_dec)
 
 
+
+@torch.no_grad()
+def test_encoding_over_y_writes_the_same_file_and_leaves_y_holding_y_hat(tiny_model):
+    # The encoder may build ŷ in y's own memory (encode_latent(overwrite=True)): each y value is read
+    # before the ŷ at its place is written, so the file is the same.
+    image = smooth_image(128, 192, seed=5)
+    x = codec._to_tensor(codec.pad_image(image), "cpu")
+    y, idx = tiny_model.compression.analyse(encoder_feature(tiny_model.vae, x), torch.tensor([1.0]))
+    path = tiny_model.entropy_path()
+    hyper = path["h_s"](path["quantize"].lookup(idx, torch.float64))
+    table = ScaleTable(tiny_model.config["entropy"])
+    files, hats = [], []
+    for overwrite in (False, True):
+        enc = LatentEncoder(table, GaussianModels(table))
+        y_in = y.clone(memory_format=torch.contiguous_format)
+        hats.append(enc.encode_latent(path["context"], hyper, y_in, overwrite=overwrite))
+        files.append(enc.finish())
+        assert (hats[-1].data_ptr() == y_in.data_ptr()) == overwrite
+    assert files[0] == files[1]
+    assert torch.equal(hats[0], hats[1]) and not torch.equal(hats[0], y)
+
 def test_file_size_matches_the_model_estimate(tiny_model):
     image = smooth_image(384, 512, seed=1)
     result = codec.encode(tiny_model, image, 2.0)

@@ -67,8 +67,15 @@ class LatentStore:
     always the exact float64 value; the context networks widen what they read per tile.
     """
 
-    def __init__(self, channels: int, h: int, w: int):
-        self.tensor = torch.zeros(1, channels, h, w, dtype=torch.float32)
+    def __init__(self, channels: int, h: int, w: int, over: torch.Tensor | None = None):
+        """``over``: a float32 (1, channels, h, w) tensor to write ŷ into instead of a new one (the
+        encoder's y: each value of y is read before the ŷ at its place is written, and the context
+        networks read only what is written already)."""
+        if over is not None:
+            assert over.dtype == torch.float32 and over.shape == (1, channels, h, w) and over.is_contiguous()
+            self.tensor = over
+        else:
+            self.tensor = torch.zeros(1, channels, h, w, dtype=torch.float32)
 
     def write(self, start: int, stop: int, positions: np.ndarray, values: np.ndarray) -> None:
         """Set channels start…stop−1 at ``positions`` ((h, w) bool) to ``values`` (float64, in (channel,
@@ -83,7 +90,7 @@ class LatentStore:
         plane[np.broadcast_to(positions, plane.shape)] = values
 
 
-def walk_slices(context, hyper, table: ScaleTable, code_pass) -> torch.Tensor:
+def walk_slices(context, hyper, table: ScaleTable, code_pass, over: torch.Tensor | None = None) -> torch.Tensor:
     """Compute every pass's (scale index, snapped mean) and let ``code_pass`` produce its symbols.
 
     Args:
@@ -94,6 +101,7 @@ def walk_slices(context, hyper, table: ScaleTable, code_pass) -> torch.Tensor:
         table: the scale table.
         code_pass: ``code_pass(scale_idx, means) → symbols`` on 1-D arrays of the pass's positions
             in (channel, row, col) order; the encoder rounds and writes, the decoder reads.
+        over: where to build ŷ (see :class:`LatentStore`); default a new tensor.
 
     Returns:
         ŷ (1, M, h, w), exactly equal on both sides: float32 when that holds every value exactly,
@@ -106,7 +114,7 @@ def walk_slices(context, hyper, table: ScaleTable, code_pass) -> torch.Tensor:
     if not isinstance(context, TiledContext):
         context = TiledContext(context, max(h, w, 1))  # one block: the networks on the whole image
     is_anchor = anchor_mask(h, w, dtype=torch.float64).bool()[0, 0].numpy()
-    store = LatentStore(sum(context.slices), h, w)
+    store = LatentStore(sum(context.slices), h, w, over)
     starts = np.cumsum([0] + list(context.slices))
     with torch.no_grad():
         for i in range(len(context.slices)):
@@ -134,10 +142,19 @@ class LatentEncoder:
         self.coder.encode(flat, index_model(embed_prob))
         self.estimated_bits += index_bits(embed_prob, flat)
 
-    def encode_latent(self, context, hyper, y: torch.Tensor) -> torch.Tensor:
+    def encode_latent(self, context, hyper, y: torch.Tensor, overwrite: bool = False) -> torch.Tensor:
         """Code y (1, M, h, w) given the hyper parameters (see :func:`walk_slices`); returns ŷ as the
-        decoder will see it."""
-        y_np = y.detach().cpu().numpy()[0]  # float32 stays float32: values − mu promotes exactly to float64
+        decoder will see it.
+
+        Args:
+            overwrite: y is not needed afterwards: ŷ is built in y's own memory (a float32 CPU
+                tensor; one latent-sized tensor less, 2 bytes a pixel).
+        """
+        y = y.detach().cpu()
+        over = None
+        if overwrite and y.dtype == torch.float32:
+            over = y = y.contiguous()  # a single-tile y comes channels-last from its conv: then a copy
+        y_np = y.numpy()[0]  # float32 stays float32: values − mu promotes exactly to float64
         h, w = y_np.shape[1:]
         anchors = anchor_mask(h, w, dtype=torch.float64).bool()[0, 0].numpy()
         r = self.table.max_symbol
@@ -159,7 +176,7 @@ class LatentEncoder:
                 state["slice"] += 1
             return symbols
 
-        return walk_slices(context, hyper, self.table, code_pass)
+        return walk_slices(context, hyper, self.table, code_pass, over)
 
     def _write(self, symbols: np.ndarray, idx: np.ndarray) -> None:
         # Group the pass's symbols by scale index: one vectorised call per table entry in use.
