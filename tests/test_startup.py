@@ -117,3 +117,35 @@ del cycle
 print(json.dumps({{"frozen": frozen > 10000, "enabled": enabled, "collected": gc.collect() >= 1}}))
 """)
     assert result == {"frozen": True, "enabled": True, "collected": True}
+
+
+
+def test_large_images_get_huge_pages_chosen_before_torch_loads(tiny_model_dir, tmp_path):
+    # THP_MEM_ALLOC_ENABLE only works if set before torch's first allocation: record it when torch loads.
+    from PIL import Image
+
+    from rdeic_codec.cli import HUGE_PAGES_PIXELS
+
+    seen = {}
+    for name, (w, h) in (("small", (96, 64)), ("large", (HUGE_PAGES_PIXELS // 1000 + 8, 1000))):
+        Image.fromarray(np.zeros((h, w, 3), np.uint8)).save(tmp_path / f"{name}.png")
+        rdc, back = str(tmp_path / f"{name}.rdc"), str(tmp_path / f"{name}-back.png")
+        for args in (["encode", str(tmp_path / f"{name}.png"), rdc], ["decode", rdc, back, "--steps", "0"]):
+            seen[name, args[0]] = _in_fresh_process(f"""
+import importlib.abc, json, os, sys
+seen = {{}}
+class Watch(importlib.abc.MetaPathFinder):
+    def find_spec(self, name, path=None, target=None):
+        if name == "torch":
+            seen.setdefault("huge_pages", os.environ.get("THP_MEM_ALLOC_ENABLE"))
+        return None
+sys.meta_path.insert(0, Watch())
+from rdeic_codec.cli import main
+try:
+    main({args + ["--model", tiny_model_dir, "-q"]!r})
+except SystemExit as e:
+    assert not e.code, e.code
+print(json.dumps(seen))
+""")["huge_pages"]
+    assert seen == {("small", "encode"): None, ("small", "decode"): None,
+                    ("large", "encode"): "1", ("large", "decode"): "1"}
