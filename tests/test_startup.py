@@ -133,6 +133,7 @@ def test_large_images_get_huge_pages_chosen_before_torch_loads(tiny_model_dir, t
         for args in (["encode", str(tmp_path / f"{name}.png"), rdc], ["decode", rdc, back, "--steps", "0"]):
             seen[name, args[0]] = _in_fresh_process(f"""
 import importlib.abc, json, os, sys
+os.environ.pop("THP_MEM_ALLOC_ENABLE", None)  # as a user's shell has it (in-process CLI tests may set it)
 seen = {{}}
 class Watch(importlib.abc.MetaPathFinder):
     def find_spec(self, name, path=None, target=None):
