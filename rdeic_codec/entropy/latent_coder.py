@@ -115,7 +115,7 @@ def walk_slices(context, hyper, table: ScaleTable, code_pass, over: torch.Tensor
         context = TiledContext(context, max(h, w, 1))  # one block: the networks on the whole image
     is_anchor = anchor_mask(h, w, dtype=torch.float64).bool()[0, 0].numpy()
     store = LatentStore(sum(context.slices), h, w, over)
-    starts = np.cumsum([0] + list(context.slices))
+    starts = context.starts
     with torch.no_grad():
         for i in range(len(context.slices)):
             cc = context.channel_context(i, store.tensor)
