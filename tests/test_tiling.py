@@ -180,7 +180,8 @@ class _WholeImageContext:
                         hyper, tiled._halo(ctx.local_context[i]))
                 sel = np.broadcast_to(positions, (ch, h, w))
                 mu = table.snap_mean(means[0])[sel]
-                y_hat[0].numpy()[sel] = code_pass(table.scale_index(scales[0])[sel], mu) + mu
+                y_hat[0].numpy()[sel] = code_pass(slice(starts[i], starts[i + 1]), positions,
+                                                  table.scale_index(scales[0])[sel], mu) + mu
         return y_hat_all
 
 
@@ -213,8 +214,9 @@ def test_streamed_entropy_path_equals_whole_image_tensors(tiny_model, entropy):
         def coder(log):
             state = {"n": 0}
 
-            def code_pass(scale_idx, mu):  # round a fixed stream of values, as the encoder rounds y
-                log.append((scale_idx.copy(), mu.copy()))
+            # Rounds a fixed stream of values, as the encoder rounds y.
+            def code_pass(channels, positions, scale_idx, mu):
+                log.append((channels, positions.copy(), scale_idx.copy(), mu.copy()))
                 values = y.numpy().reshape(-1)[state["n"] : state["n"] + len(mu)]
                 state["n"] += len(mu)
                 return np.rint(values - mu).astype(np.int32)
@@ -227,7 +229,8 @@ def test_streamed_entropy_path_equals_whole_image_tensors(tiny_model, entropy):
         assert streamed.dtype == torch.float32
         assert torch.equal(streamed.double(), reference)
         assert len(got) == len(want) == 2 * len(path["context"].slices)
-        for (gi, gm), (wi, wm) in zip(got, want):
+        for (gc, gp, gi, gm), (wc, wp, wi, wm) in zip(got, want):
+            assert gc == wc and np.array_equal(gp, wp)
             assert np.array_equal(gi, wi) and np.array_equal(gm, wm)
         hyper.close()
     finally:

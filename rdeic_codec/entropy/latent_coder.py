@@ -99,8 +99,10 @@ def walk_slices(context, hyper, table: ScaleTable, code_pass, over: torch.Tensor
         hyper: the output of h_s, (1, 2M, h, w) float64: a tensor or
             :class:`~rdeic_codec.tiled.HyperParameters`.
         table: the scale table.
-        code_pass: ``code_pass(scale_idx, means) → symbols`` on 1-D arrays of the pass's positions
-            in (channel, row, col) order; the encoder rounds and writes, the decoder reads.
+        code_pass: ``code_pass(channels, positions, scale_idx, means) → symbols``: the pass's
+            channel range (a ``slice``) and positions ((h, w) bool), then 1-D arrays over those
+            places in (channel, row, col) order; the encoder rounds y there and writes, the decoder
+            reads (and needs only the last two).
         over: where to build ŷ (see :class:`LatentStore`); default a new tensor.
 
     Returns:
@@ -121,8 +123,9 @@ def walk_slices(context, hyper, table: ScaleTable, code_pass, over: torch.Tensor
             cc = context.channel_context(i, store.tensor)
             for anchor in (True, False):
                 idx, mu = context.pass_parameters(i, anchor, hyper, cc, store.tensor, is_anchor, table)
-                symbols = code_pass(idx, mu)
-                store.write(starts[i], starts[i + 1], is_anchor if anchor else ~is_anchor, symbols + mu)
+                positions = is_anchor if anchor else ~is_anchor
+                symbols = code_pass(slice(starts[i], starts[i + 1]), positions, idx, mu)
+                store.write(starts[i], starts[i + 1], positions, symbols + mu)
                 del idx, mu, symbols
             del cc
     return store.tensor
@@ -155,25 +158,16 @@ class LatentEncoder:
         if overwrite and y.dtype == torch.float32:
             over = y = y.contiguous()  # a single-tile y comes channels-last from its conv: then a copy
         y_np = y.numpy()[0]  # float32 stays float32: values − mu promotes exactly to float64
-        h, w = y_np.shape[1:]
-        anchors = anchor_mask(h, w, dtype=torch.float64).bool()[0, 0].numpy()
         r = self.table.max_symbol
-        state = {"slice": 0, "pass": 0}
-        starts = np.cumsum([0] + list(context.slices))
 
-        def code_pass(idx, mu):
-            i = state["slice"]
-            positions = anchors if state["pass"] == 0 else ~anchors
-            block = y_np[starts[i] : starts[i + 1]]
+        def code_pass(channels, positions, idx, mu):
+            block = y_np[channels]
             values = block[np.broadcast_to(positions, block.shape)]
             d = values - mu  # rounded and clipped in place: one float64 temporary of the pass, not three
             symbols = np.clip(np.rint(d, out=d), -r, r, out=d).astype(np.int32)
             del d
             self._write(symbols, idx)
             self.estimated_bits += symbol_bits(symbols, self.table.scales, idx)
-            state["pass"] ^= 1
-            if state["pass"] == 0:
-                state["slice"] += 1
             return symbols
 
         return walk_slices(context, hyper, self.table, code_pass, over)
@@ -201,7 +195,7 @@ class LatentDecoder:
         return np.asarray(self.coder.decode(index_model(embed_prob), count), dtype=np.int64)
 
     def decode_latent(self, context, hyper) -> torch.Tensor:
-        def code_pass(idx, mu):
+        def code_pass(channels, positions, idx, mu):
             symbols = np.empty(idx.shape, dtype=np.int32)
             for s in np.unique(idx):
                 sel = idx == s
