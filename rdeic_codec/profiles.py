@@ -135,8 +135,9 @@ SMALL = {
         "rate_proxy": "hard",
         # Training only: the distortion weight is 0.1·λ^0.2, not λ, to put the rates in the paper's range
         # (λ = 0.1 → ≤ 0.03 bpp, λ = 2 → 0.10–0.14). The rates answer it slowly; every weight tried and
-        # the file bpp it gave are in docs/training.md. The shipped model (stage 1 at 0.2·λ^0.2) gives
-        # 0.029 / 0.064 / 0.17 bpp at λ = 0.1 / 0.5 / 2 on the 66 validation crops: λ = 2 is still high.
+        # the file bpp it gave are in docs/training.md. The shipped model (stage 1 at 0.2·λ^0.2, stage 2
+        # at 0.06·λ^0.05, which its config.json keeps for `rdeic train --from`) gives 0.029 / 0.059 /
+        # 0.147 bpp at λ = 0.1 / 0.5 / 2 on the 66 validation crops: λ = 2 is still a little high.
         "distortion_scale": 0.1,
         "distortion_power": 0.2,
         # Training only: z_c's distortion is mostly measured in pixels, through the frozen decoder
