@@ -244,9 +244,9 @@ def test_latent_store_widens_to_float64_when_float32_would_round():
 
     store = LatentStore(2, 2, 2)
     first = np.eye(2, dtype=bool)
-    store.write(0, 1, first, np.array([1.5, -3.00390625]))
+    store.write(slice(0, 1), first, np.array([1.5, -3.00390625]))
     assert store.tensor.dtype == torch.float32
-    store.write(1, 2, first, np.array([2.0**24 + 1, 0.25]))  # not a float32
+    store.write(slice(1, 2), first, np.array([2.0**24 + 1, 0.25]))  # not a float32
     assert store.tensor.dtype == torch.float64
     assert store.tensor[0, 0, 0, 0] == 1.5 and store.tensor[0, 0, 1, 1] == -3.00390625
     assert store.tensor[0, 1, 0, 0] == 2.0**24 + 1 and store.tensor[0, 1, 1, 1] == 0.25

@@ -77,16 +77,16 @@ class LatentStore:
         else:
             self.tensor = torch.zeros(1, channels, h, w, dtype=torch.float32)
 
-    def write(self, start: int, stop: int, positions: np.ndarray, values: np.ndarray) -> None:
-        """Set channels start…stop−1 at ``positions`` ((h, w) bool) to ``values`` (float64, in (channel,
-        row, col) order)."""
+    def write(self, channels: slice, positions: np.ndarray, values: np.ndarray) -> None:
+        """Set ``channels`` at ``positions`` ((h, w) bool) to ``values`` (float64, in (channel, row, col)
+        order)."""
         if self.tensor.dtype == torch.float32:
             narrow = values.astype(np.float32)
             if np.array_equal(narrow, values):
                 values = narrow
             else:
                 self.tensor = self.tensor.double()
-        plane = self.tensor[0, start:stop].numpy()
+        plane = self.tensor[0, channels].numpy()
         plane[np.broadcast_to(positions, plane.shape)] = values
 
 
@@ -116,16 +116,17 @@ def walk_slices(context, hyper, table: ScaleTable, code_pass, over: torch.Tensor
     if not isinstance(context, TiledContext):
         context = TiledContext(context, max(h, w, 1))  # one block: the networks on the whole image
     is_anchor = anchor_mask(h, w, dtype=torch.float64).bool()[0, 0].numpy()
+    passes = ((True, is_anchor), (False, ~is_anchor))  # the two checkerboard passes and their positions
     store = LatentStore(sum(context.slices), h, w, over)
     starts = context.starts
     with torch.no_grad():
         for i in range(len(context.slices)):
+            channels = slice(starts[i], starts[i + 1])
             cc = context.channel_context(i, store.tensor)
-            for anchor in (True, False):
+            for anchor, positions in passes:
                 idx, mu = context.pass_parameters(i, anchor, hyper, cc, store.tensor, is_anchor, table)
-                positions = is_anchor if anchor else ~is_anchor
-                symbols = code_pass(slice(starts[i], starts[i + 1]), positions, idx, mu)
-                store.write(starts[i], starts[i + 1], positions, symbols + mu)
+                symbols = code_pass(channels, positions, idx, mu)
+                store.write(channels, positions, symbols + mu)
                 del idx, mu, symbols
             del cc
     return store.tensor
