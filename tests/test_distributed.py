@@ -56,6 +56,9 @@ def _worker(rank: int, world: int, port: int, out: str, kind: str) -> None:
         loss.backward()
         opt.step()
     torch.save({k: v.detach().clone() for k, v in net.state_dict().items()}, os.path.join(out, f"{rank}.pt"))
+    # Both ranks done before either tears gloo down: a rank that exits first can abort the other's
+    # teardown ("terminate called without an active exception", seen once in a full suite run).
+    torch.distributed.barrier()
     torch.distributed.destroy_process_group()
 
 
