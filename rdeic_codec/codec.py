@@ -1,7 +1,7 @@
 """Encode an image to ``.rdc`` bytes and decode it back: the RDEIC pipeline end to end.
 
-Encoder: VAE encoder feature → g_a (× gain(λ)) → h_a → VQ indices → [float64 CPU] h_s and context
-networks → range-coded indices and y. Decoder: the same float64 parameter path → ŷ → g_s → z_c →
+Encoder: VAE encoder feature → g_a (× gain(λ)) → h_a → hyper-latent symbols (VQ indices, or rounded z)
+→ [float64 CPU] h_s and context networks → range-coded hyper latent and y. Decoder: the same float64 parameter path → ŷ → g_s → z_c →
 relay residual diffusion (seeded from the file) → VAE decoder.
 
 Every stage runs in tiles (:mod:`rdeic_codec.tiled`), so memory stays bounded for large photos; an
@@ -149,7 +149,7 @@ def encode_analysis(model, analysis: ImageAnalysis, lam: float, consume: bool = 
     table, gaussians = _coders(model)
     coder = LatentEncoder(table, gaussians)
     idx = indices.cpu()
-    coder.encode_indices(idx.numpy(), path["quantize"].embed_prob)
+    coder.encode_hyper(idx.numpy(), path["quantize"])
     with tiled.hyper_parameters(model, idx) as hyper:
         # y is this call's own (consumed, or the gained copy) unless it is the analysis's un-gained y itself.
         coder.encode_latent(tiled.entropy_context(model), hyper, y.cpu(), overwrite=y is not analysis.y)
@@ -190,8 +190,7 @@ def decode_latent_code(model, header: container.Header, payload: bytes):
     table, gaussians = _coders(model)
     try:
         coder = LatentDecoder(payload, table, gaussians)
-        idx = coder.decode_indices((ph // PAD) * (pw // PAD), path["quantize"].embed_prob)
-        idx = torch.from_numpy(idx).view(1, ph // PAD, pw // PAD)
+        idx = torch.from_numpy(coder.decode_hyper(ph // PAD, pw // PAD, path["quantize"]))
         with tiled.hyper_parameters(model, idx) as hyper:
             y_hat = coder.decode_latent(tiled.entropy_context(model), hyper)
     except (ValueError, RuntimeError, AssertionError) as e:

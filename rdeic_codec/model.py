@@ -65,11 +65,11 @@ class RDEICModel(nn.Module):
     def __init__(self, config: dict, parts: tuple[str, ...] = COMPONENTS):
         super().__init__()
         from .networks.autoencoder import build_vae
-        from .networks.compression import CompressionModule
+        from .networks.compression import build_compression
 
         self.config = copy.deepcopy(config)
         self.parts = tuple(p for p in COMPONENTS if p in parts)
-        self.compression = CompressionModule(config["compression"])
+        self.compression = build_compression(config["compression"])
         self.vae = build_vae(config["vae"])
         self.unet = self.control = None
         if "unet" in parts or "control" in parts:  # the control module is sized from the UNet
@@ -91,7 +91,7 @@ class RDEICModel(nn.Module):
         return getattr(self, name)
 
     def entropy_path(self):
-        """Float64 CPU copies of what derives the entropy parameters (codebook, h_s, context nets)."""
+        """Float64 CPU copies of what derives the entropy parameters (hyper-latent prior, h_s, context nets)."""
         if self._entropy_path is None:
             comp = self.compression
             self._entropy_path = nn.ModuleDict({

@@ -106,7 +106,7 @@ def analysis_transform(model, image: np.ndarray, padded: tuple[int, int], to_ten
 
 
 def gain_and_indices(model, y: torch.Tensor, lam_t: torch.Tensor, in_place: bool = False):
-    """y before the gain → (gained y, VQ indices at 1/64); h_a in exact tiles.
+    """y before the gain → (gained y, hyper-latent symbols at 1/64); h_a in exact tiles.
 
     ``in_place`` applies the gain to ``y`` itself (the same products), for a caller that does not
     keep the un-gained y: a second full-size copy of y less."""
@@ -187,7 +187,7 @@ class HyperParameters:
 
 
 def hyper_parameters(model, indices: torch.Tensor) -> HyperParameters:
-    """VQ indices (1, h, w) → h_s output (1, 2M, 4h, 4w) float64, in blocks of the entropy block: in
+    """Hyper-latent symbols (VQ indices (1, h, w), or (1, C, h, w)) → h_s output (1, 2M, 4h, 4w) float64, in blocks of the entropy block: in
     memory for an image of one block (computed in one piece), else in a temporary file."""
     path = model.entropy_path()
     z_hat = path["quantize"].lookup(indices, torch.float64)

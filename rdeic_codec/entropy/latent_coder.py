@@ -1,4 +1,5 @@
-"""Coding of the VQ indices and of y, slice by slice and checkerboard pass by pass.
+"""Coding of the hyper latent (VQ indices, or Gaussian symbols per channel) and of y, slice by slice and
+checkerboard pass by pass.
 
 One walk (:func:`walk_slices`) serves the encoder and the decoder, so both sides compute the entropy
 parameters with the same code in the same order.
@@ -141,6 +142,21 @@ class LatentEncoder:
         self.estimated_bits = 0.0
         self._y = None
 
+    def encode_hyper(self, symbols: np.ndarray, quantize) -> None:
+        """The hyper latent, first in the stream: VQ indices (1, h, w) with the codebook's usage prior,
+        or a Gaussian hyper latent's symbols (1, C, h, w), channel by channel with the table entry of
+        its learned scale (:class:`~rdeic_codec.networks.hyperprior.GaussianHyperLatent`)."""
+        if hasattr(quantize, "embed_prob"):
+            self.encode_indices(symbols, quantize.embed_prob)
+            return
+        r = self.table.max_symbol
+        if symbols.size and np.abs(symbols).max() > r:
+            raise ValueError(f"hyper-latent symbol beyond ±{r}")
+        for c, s in enumerate(self.table.scale_index(quantize.scales())):
+            flat = np.ascontiguousarray(symbols[0, c].reshape(-1), dtype=np.int32)
+            self.coder.encode(flat, self.models.models[int(s)])
+            self.estimated_bits += symbol_bits(flat, self.table.scales, np.full(flat.shape, s))
+
     def encode_indices(self, indices: np.ndarray, embed_prob: torch.Tensor) -> None:
         flat = indices.reshape(-1).astype(np.int32)
         self.coder.encode(flat, index_model(embed_prob))
@@ -191,6 +207,17 @@ class LatentDecoder:
         words = np.frombuffer(data, dtype=WORD).astype(np.uint32)
         self.coder = _constriction().stream.queue.RangeDecoder(words)
         self.table, self.models = table, models
+
+    def decode_hyper(self, h: int, w: int, quantize) -> np.ndarray:
+        """What :meth:`LatentEncoder.encode_hyper` wrote for an (h, w) grid at 1/64: (1, h, w) VQ
+        indices or (1, C, h, w) Gaussian symbols, int64."""
+        if hasattr(quantize, "embed_prob"):
+            return self.decode_indices(h * w, quantize.embed_prob).reshape(1, h, w)
+        scale_idx = self.table.scale_index(quantize.scales())
+        out = np.empty((1, len(scale_idx), h, w), dtype=np.int64)
+        for c, s in enumerate(scale_idx):
+            out[0, c] = np.asarray(self.coder.decode(self.models.models[int(s)], h * w)).reshape(h, w)
+        return out
 
     def decode_indices(self, count: int, embed_prob: torch.Tensor) -> np.ndarray:
         return np.asarray(self.coder.decode(index_model(embed_prob), count), dtype=np.int64)

@@ -5,8 +5,9 @@ ELIC-style channel context with checkerboard spatial context over 10 slices of y
 the ``out`` conv that predicts the latent z_c.
 
 The small profile adds one thing the paper does not have: per-channel gain vectors on y at a few λ
-values, interpolated in log λ (Cui et al., "Asymmetric Gained Deep Image Compression", CVPR 2021), so
-that one model serves every rate in [0.1, 2]. Profiles with ``lambdas: None`` have no gains.
+values (:class:`LambdaGains`), so that one model serves every rate in [0.1, 2]. Profiles with
+``lambdas: None`` have no gains. Other designs of the module (``type`` in the config) are in
+:mod:`.hyperprior`; :func:`build_compression` picks one.
 """
 
 from __future__ import annotations
@@ -188,23 +189,17 @@ class VectorQuantizer(nn.Module):
                 torch.distributed.broadcast(self.embedding.weight.data, 0)
 
 
-class CompressionModule(nn.Module):
-    """RDEIC's compression module.
+class LambdaGains:
+    """Per-channel gains on y at a few λ, interpolated in log λ (Cui et al., "Asymmetric Gained Deep
+    Image Compression", CVPR 2021): one model for every rate. Shared by every compression design; the
+    parameters sit on the module itself (``log_lambdas``, ``log_gain``, ``log_inv_gain``), so that the
+    authors' checkpoints keep their key names. A config with ``lambdas: None`` has no gains.
 
-    Args:
-        cfg: the ``compression`` section of a profile (see :mod:`rdeic_codec.profiles`).
+    The class expects ``self.cfg`` and ``self.g_a``, ``self.h_a``, ``self.quantize``, ``self.g_s``,
+    ``self.out`` (the parts the coder runs).
     """
 
-    def __init__(self, cfg: dict):
-        super().__init__()
-        self.cfg = cfg
-        self.g_a = analysis(cfg)
-        self.h_a = hyper_analysis(cfg)
-        self.quantize = VectorQuantizer(cfg["codebook_size"], cfg["hyper_channels"])
-        self.h_s = hyper_synthesis(cfg)
-        self.context = EntropyContext(cfg)
-        self.g_s = synthesis(cfg)
-        self.out = conv3x3(cfg["guide_channels"], cfg.get("latent_channels", 4))
+    def _init_gains(self, cfg: dict) -> None:
         lambdas = cfg.get("lambdas")
         if lambdas:
             log_l = torch.tensor([math.log(v) for v in lambdas])
@@ -242,7 +237,7 @@ class CompressionModule(nn.Module):
 
     # -- the two halves used at coding time ---------------------------------------------------
     def analyse(self, feature: torch.Tensor, lam: torch.Tensor):
-        """Encoder side: scaled VAE feature → (gained y, VQ indices)."""
+        """Encoder side: scaled VAE feature → (gained y, hyper-latent symbols)."""
         return self.analyse_at(self.analysis_transform(feature), lam)
 
     def analysis_transform(self, feature: torch.Tensor) -> torch.Tensor:
@@ -250,7 +245,8 @@ class CompressionModule(nn.Module):
         return self.g_a(feature * self.cfg["feature_scale"])
 
     def analyse_at(self, y: torch.Tensor, lam: torch.Tensor):
-        """The λ-dependent half of :meth:`analyse`: gain, h_a and VQ indices of g_a's output ``y``."""
+        """The λ-dependent half of :meth:`analyse`: gain, h_a and the hyper latent's symbols of g_a's
+        output ``y``."""
         gain, _ = self.gains(lam)
         if gain is not None:
             y = y * gain
@@ -263,6 +259,26 @@ class CompressionModule(nn.Module):
             y_hat = y_hat * inv.to(y_hat)
         c = self.g_s(y_hat)
         return c, self.out(c)
+
+
+class CompressionModule(LambdaGains, nn.Module):
+    """RDEIC's compression module (the paper's design, ``type`` "rdeic", the default).
+
+    Args:
+        cfg: the ``compression`` section of a profile (see :mod:`rdeic_codec.profiles`).
+    """
+
+    def __init__(self, cfg: dict):
+        super().__init__()
+        self.cfg = cfg
+        self.g_a = analysis(cfg)
+        self.h_a = hyper_analysis(cfg)
+        self.quantize = VectorQuantizer(cfg["codebook_size"], cfg["hyper_channels"])
+        self.h_s = hyper_synthesis(cfg)
+        self.context = EntropyContext(cfg)
+        self.g_s = synthesis(cfg)
+        self.out = conv3x3(cfg["guide_channels"], cfg.get("latent_channels", 4))
+        self._init_gains(cfg)
 
     # -- training -----------------------------------------------------------------------------
     def forward(self, feature: torch.Tensor, lam: torch.Tensor, scale_bound: float = 0.11):
@@ -321,3 +337,16 @@ def gaussian_bits(residual: torch.Tensor, scale: torch.Tensor, floor: float = 1e
     upper = torch.special.ndtr((0.5 - residual.abs()) / scale)
     lower = torch.special.ndtr((-0.5 - residual.abs()) / scale)
     return -torch.log2((upper - lower).clamp_min(floor))
+
+
+def build_compression(cfg: dict) -> nn.Module:
+    """The compression module a config's ``type`` names: "rdeic" (the paper's, the default) or
+    "hyperprior" (:class:`~rdeic_codec.networks.hyperprior.HyperpriorModule`)."""
+    kind = cfg.get("type", "rdeic")
+    if kind == "rdeic":
+        return CompressionModule(cfg)
+    if kind == "hyperprior":
+        from .hyperprior import HyperpriorModule
+
+        return HyperpriorModule(cfg)
+    raise ValueError(f"unknown compression type {kind!r} (known: rdeic, hyperprior)")

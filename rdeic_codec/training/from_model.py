@@ -33,12 +33,13 @@ def _stage_modules(model, stage: str) -> dict:
     return {"compression": model.compression, "control": model.control}
 
 
-def seed_work_from_model(model_dir: str, work: str, log=print) -> list[str]:
+def seed_work_from_model(model_dir: str, work: str, log=print, skip=()) -> list[str]:
     """Write the parts of the model in ``model_dir`` into ``work`` as finished stages; returns those stages.
 
     A stage that already has a checkpoint or is finished in ``work`` is left alone, so running the same
     command again resumes instead of starting over. ``finetune`` is seeded only when the model went
     through it; the ``decoder`` stage never is, because it refines whatever autoencoder it is given.
+    Stages in ``skip`` are not seeded (a new compression module trains them afresh).
     """
     from ..model import load_model
 
@@ -49,7 +50,7 @@ def seed_work_from_model(model_dir: str, work: str, log=print) -> list[str]:
     if "finetune" in trained.get("stages", []):
         wanted.append("finetune")
     seeded = []
-    for stage in wanted:
+    for stage in (s for s in wanted if s not in skip):
         folder = os.path.join(work, stage)
         if any(os.path.exists(os.path.join(folder, f)) for f in ("done", "checkpoint.safetensors", "vae")):
             continue

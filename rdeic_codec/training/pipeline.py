@@ -1,6 +1,6 @@
 """``rdeic train``: the small profile's stages in order, each resumable, assembled into a model directory.
 
-    autoencoder → (decoder) → cache → denoiser, compression → stage1 → finetune (stage 2) → (index prior) → model dir
+    autoencoder → (decoder) → cache → denoiser, compression → stage1 → finetune (stage 2) → (VQ index prior) → model dir
 
 "denoiser" and "compression" are independent of each other: on a machine with spare cores they can
 run at the same time, as two ``rdeic train --stages ...`` processes with the same ``--work``.
@@ -65,13 +65,18 @@ def run(train_dir: str, valid_dir: str, work: str, output: str | None, profile: 
         from ..model import read_config
 
         config = {k: v for k, v in read_config(start_from).items() if k not in ("model_id", "name", "training")}
+        if "compression" in stages:
+            # A new compression module on the model's autoencoder and denoiser: the profile's design, and
+            # the stages that train it (and the control module it guides) start afresh.
+            config["compression"] = get_profile(profile)["compression"]
     else:
         config = get_profile(profile)
     os.makedirs(work, exist_ok=True)
     if start_from and rt.is_main:
         from .from_model import seed_work_from_model
 
-        seed_work_from_model(start_from, work, log=log)
+        fresh = ("compression", "stage1", "finetune") if "compression" in stages else ()
+        seed_work_from_model(start_from, work, log=log, skip=fresh)
     rt.barrier()
     if "autoencoder" in stages and not _done(work, "autoencoder"):
         train_autoencoder(config, train_dir, valid_dir, os.path.join(work, "autoencoder"), steps["autoencoder"],
@@ -118,7 +123,8 @@ def run(train_dir: str, valid_dir: str, work: str, output: str | None, profile: 
                     carried["control"] = model.control
                 load_checkpoint(os.path.join(work, previous), carried)
             if stage in ("compression", "stage1"):
-                train_stage1(model, train_cache, valid_cache, folder, steps[stage], seed=seed,
+                lr = config["compression"].get("learning_rate", 1e-4) if stage == "compression" else 1e-4
+                train_stage1(model, train_cache, valid_cache, folder, steps[stage], seed=seed, lr=lr,
                              diffusion=stage == "stage1", valid_dir=valid_dir)
             else:
                 train_finetune(model, train_dir, valid_dir, folder, steps[stage], seed=seed)
@@ -126,7 +132,8 @@ def run(train_dir: str, valid_dir: str, work: str, output: str | None, profile: 
         previous = stage
     if output and rt.is_main:
         model.eval()
-        estimate_index_prior(model, train_cache)
+        if hasattr(model.compression.quantize, "embed_prob"):  # a VQ hyper latent's coding prior
+            estimate_index_prior(model, train_cache)
         model.to("cpu")
         done = [s for s in STAGES if _done(work, s)]
         model_id = save_model(model, output, name=os.path.basename(os.path.normpath(output)),

@@ -1,0 +1,185 @@
+"""The hyperprior compression module (the small profile's): its files decode exactly, whatever thread
+count or float noise the decoder sees, its training rate is what the file costs, a golden file pins its
+bitstream, and `rdeic train --from` can put a new module on a finished model."""
+
+import copy
+import os
+import sys
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from rdeic_codec import codec, container
+from rdeic_codec.entropy.latent_coder import GaussianModels, LatentDecoder, LatentEncoder
+from rdeic_codec.entropy.tables import ScaleTable
+from rdeic_codec.model import load_model
+from rdeic_codec.networks.hyperprior import HyperpriorModule
+from rdeic_codec.profiles import get_profile
+
+from conftest import make_tiny_model, smooth_image
+
+GOLDEN = os.path.join(os.path.dirname(os.path.abspath(__file__)), "data", "golden-hyperprior")
+GOLDEN_LAMBDA = 0.5
+
+
+def scaled_init(module: nn.Module, seed: int) -> None:
+    """Random weights that keep each layer's signal at its input's scale (PyTorch's default init makes
+    every scale and mean of a deep random stack ~0, which would test nothing)."""
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for m in module.modules():
+            if isinstance(m, nn.Conv2d):
+                fan_in = m.weight[0].numel()
+                m.weight.copy_(torch.randn(m.weight.shape, generator=gen, dtype=m.weight.dtype) / fan_in**0.5)
+                m.bias.copy_(0.1 * torch.randn(m.bias.shape, generator=gen, dtype=m.bias.dtype))
+        if isinstance(module, HyperpriorModule):
+            module.quantize.log_scale.copy_(torch.randn(module.quantize.log_scale.shape, generator=gen))
+
+
+def make_golden_model(folder: str) -> str:
+    from rdeic_codec.model import RDEICModel, save_model
+
+    torch.manual_seed(7)
+    model = RDEICModel(get_profile("tiny-hyperprior"))
+    scaled_init(model.compression, seed=7)
+    save_model(model, folder, name="golden-hyperprior")
+    return folder
+
+
+@pytest.fixture(scope="module")
+def hyper_model(tmp_path_factory):
+    folder = make_golden_model(str(tmp_path_factory.mktemp("tiny-hyperprior")))
+    return load_model(folder)
+
+
+@pytest.fixture(scope="module")
+def small_shapes_path():
+    """The small profile's hyperprior at its real shapes (96 channels of y, 64 of z), float64 entropy path."""
+    cfg = get_profile("small")
+    comp = HyperpriorModule(cfg["compression"]).double()
+    scaled_init(comp, seed=0)
+    return cfg, comp
+
+
+@torch.no_grad()
+def test_small_shapes_decode_exactly_across_threads_and_float_noise(small_shapes_path):
+    """A 256×256 image's y (96 × 16 × 16) and z (64 × 4 × 4): a decoder on 2 threads, and one whose
+    float64 parameters are off by 1e-12 (relative), decode the encoder's ẑ and ŷ exactly."""
+    cfg, comp = small_shapes_path
+    table = ScaleTable(cfg["entropy"])
+    models = GaussianModels(table)
+    gen = torch.Generator().manual_seed(1)
+    y = 3 * torch.randn(1, cfg["compression"]["M"], 16, 16, generator=gen, dtype=torch.float64)
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        z_sym = comp.quantize.indices(comp.h_a(y))
+        enc = LatentEncoder(table, models)
+        enc.encode_hyper(z_sym.numpy(), comp.quantize)
+        y_enc = enc.encode_latent(comp.context, comp.h_s(comp.quantize.lookup(z_sym, torch.float64)), y)
+        payload = enc.finish()
+        assert z_sym.abs().max() > 1 and len(payload) > 1000  # non-trivial symbols of several widths
+
+        noisy = copy.deepcopy(comp)
+        for p in noisy.parameters():
+            p.mul_(1 + 1e-12 * torch.randn(p.shape, generator=gen, dtype=p.dtype))
+        for n_threads, dec_comp in ((2, comp), (1, noisy)):
+            torch.set_num_threads(n_threads)
+            dec = LatentDecoder(payload, table, models)
+            got = torch.from_numpy(dec.decode_hyper(4, 4, dec_comp.quantize))
+            assert torch.equal(got, z_sym)
+            hyper = dec_comp.h_s(dec_comp.quantize.lookup(got, torch.float64))
+            assert torch.equal(dec.decode_latent(dec_comp.context, hyper), y_enc)
+    finally:
+        torch.set_num_threads(threads)
+
+
+@torch.no_grad()
+def test_training_rate_is_what_the_file_costs(hyper_model):
+    """The rate term training minimises (rounded residuals, y and z) is the size of the real file, to
+    within the mean grid, the scale table and the coder's own overhead."""
+    image = smooth_image(256, 256, seed=4)
+    result = codec.encode(hyper_model, image, GOLDEN_LAMBDA)
+    _, payload = container.unpack(result.data)
+    from rdeic_codec.networks.autoencoder import encoder_feature
+
+    x = codec._to_tensor(image, "cpu")
+    out = hyper_model.compression(encoder_feature(hyper_model.vae, x), torch.tensor([GOLDEN_LAMBDA]))
+    bits = float(out["bits"][0])
+    assert bits > 2000
+    assert 8 * len(payload) == pytest.approx(bits, rel=0.05)
+
+
+@torch.no_grad()
+def test_files_decode_to_the_same_pixels_and_more_lambda_more_bytes(hyper_model):
+    image = smooth_image(100, 130, seed=2)
+    sizes = [len(codec.encode(hyper_model, image, lam).data) for lam in (0.1, 2.0)]
+    data = codec.encode(hyper_model, image, 1.0).data
+    a, b = (codec.decode(hyper_model, data, steps=2) for _ in range(2))
+    assert a.shape == image.shape and np.array_equal(a, b)
+    assert sizes[0] < sizes[1]
+
+
+def _golden_inputs():
+    return smooth_image(96, 128, seed=11)
+
+
+@torch.no_grad()
+def test_golden_file_pins_the_bitstream():
+    """A stored tiny hyperprior model codes a stored image to the stored bytes, and those bytes decode to
+    the stored ŷ exactly: a change of the bitstream (coder, tables, hyper latent, walk order) fails here.
+    Regenerate only on purpose: ``python tests/test_hyperprior.py --regenerate``."""
+    model = load_model(os.path.join(GOLDEN, "model"))
+    with open(os.path.join(GOLDEN, "image.rdc"), "rb") as f:
+        golden = f.read()
+    assert codec.encode(model, _golden_inputs(), GOLDEN_LAMBDA).data == golden
+    header, payload = container.unpack(golden)
+    y_hat, _ = codec.decode_latent_code(model, header, payload)
+    assert torch.equal(y_hat.double(), torch.from_numpy(np.load(os.path.join(GOLDEN, "y_hat.npy"))))
+
+
+def test_a_new_compression_module_goes_on_a_finished_model(tmp_path):
+    """`rdeic train --from MODEL --stages compression,...`: the model's autoencoder and denoiser carry
+    over, the profile's compression design is trained afresh, and the written model codes files."""
+    from PIL import Image
+
+    from rdeic_codec.training import pipeline
+
+    data = tmp_path / "data"
+    for split, n in (("train", 2), ("valid", 2)):
+        os.makedirs(data / split)
+        for i in range(n):
+            Image.fromarray(smooth_image(256, 256, seed=i + 5 * n)).save(data / split / f"{i}.png")
+    first = make_tiny_model(str(tmp_path / "first"), profile="tiny-shuffle")
+    out = tmp_path / "new"
+    pipeline.run(str(data / "train"), str(data / "valid"), str(tmp_path / "work"), str(out),
+                 profile="tiny-hyperprior", stages=("compression", "stage1"),
+                 steps={"compression": 2, "stage1": 1}, start_from=first, log=lambda m: None)
+    a, b = load_model(first), load_model(str(out))
+    assert b.config["compression"]["type"] == "hyperprior" and isinstance(b.compression, HyperpriorModule)
+    for part in ("vae", "unet"):
+        for k, v in a.component(part).state_dict().items():
+            assert torch.equal(v, b.component(part).state_dict()[k]), (part, k)
+    image = smooth_image(64, 64)
+    assert codec.decode(b, codec.encode(b, image, 1.0).data, steps=2).shape == image.shape
+
+
+def _regenerate() -> None:
+    import shutil
+
+    shutil.rmtree(GOLDEN, ignore_errors=True)
+    model = load_model(make_golden_model(os.path.join(GOLDEN, "model")))
+    data = codec.encode(model, _golden_inputs(), GOLDEN_LAMBDA).data
+    with open(os.path.join(GOLDEN, "image.rdc"), "wb") as f:
+        f.write(data)
+    header, payload = container.unpack(data)
+    y_hat, _ = codec.decode_latent_code(model, header, payload)
+    np.save(os.path.join(GOLDEN, "y_hat.npy"), y_hat.double().numpy())
+    print(f"wrote {GOLDEN}: {len(data)} bytes")
+
+
+if __name__ == "__main__":
+    if "--regenerate" in sys.argv:
+        _regenerate()
