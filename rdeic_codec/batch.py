@@ -127,7 +127,7 @@ def run(jobs: list[Job], work: Callable[[Job], str], progress: FileProgress) -> 
     so does a full disk: every later file would fail the same way, after its work was spent; the files
     not started are listed as failures.
     """
-    from .imageio import WriteError
+    from .imageio import WriteError, is_stream
 
     failures = []
     disk_full = False
@@ -141,7 +141,8 @@ def run(jobs: list[Job], work: Callable[[Job], str], progress: FileProgress) -> 
                 continue
             except WriteError as e:
                 reason = str(e)
-                disk_full = e.errno == errno.ENOSPC
+                # A full device (a /dev/full node) is this output only; a full disk is every later one too.
+                disk_full = e.errno == errno.ENOSPC and not is_stream(job.output)
             except ValueError as e:
                 reason = str(e)
             except MemoryError:
