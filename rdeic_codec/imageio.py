@@ -319,7 +319,7 @@ def _write_replacing(output: str, data: bytes) -> None:
         os.chmod(tmp, 0o666 & ~_umask())
         os.replace(tmp, target)
     except BaseException as e:
-        with contextlib.suppress(OSError):  # already gone with its folder, or never made
+        with contextlib.suppress(OSError):  # it may be gone already, with its folder
             os.unlink(tmp)
         if isinstance(e, OSError):
             raise WriteError(output, e) from None
