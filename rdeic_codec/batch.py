@@ -9,6 +9,7 @@ failures at the end and exits 1.
 
 from __future__ import annotations
 
+import errno
 import os
 import sys
 import time
@@ -38,6 +39,8 @@ def plan(inputs: list[str], out_dir: str, suffix: str, force: bool) -> list[Job]
         suffix: the output extension, e.g. ``.rdc``.
         force: replace existing outputs.
     """
+    from .imageio import is_stream
+
     inputs = list(dict.fromkeys(inputs))
     input_keys = {_key(p): p for p in inputs}
     jobs, claimed = [], {}
@@ -51,7 +54,7 @@ def plan(inputs: list[str], out_dir: str, suffix: str, force: bool) -> list[Job]
             job.problem = f"its output {output} is the input {input_keys[key]}; refusing to overwrite an input"
         elif os.path.isdir(output):
             job.problem = f"{output} is a directory"
-        elif os.path.exists(output) and not force:
+        elif os.path.exists(output) and not force and not is_stream(output):  # a device or pipe is written into
             job.problem = f"{output} exists; use --force to replace it"
         claimed.setdefault(key, path)
         jobs.append(job)
@@ -120,15 +123,26 @@ def run(jobs: list[Job], work: Callable[[Job], str], progress: FileProgress) -> 
 
     ``work`` returns the file's stats line. Bad input (any ``ValueError``: the codec's, the container's,
     the image reader's errors) fails the file with its one-line reason; anything else unexpected fails
-    it too, named as an internal error, so one file never stops the others. Ctrl-C stops the run.
+    it too, named as an internal error, so one file never stops the others. Ctrl-C stops the run, and
+    so does a full disk: every later file would fail the same way, after its work was spent; the files
+    not started are listed as failures.
     """
+    from .imageio import WriteError, is_stream
+
     failures = []
+    disk_full = False
     for job in jobs:
         reason = job.problem
-        if reason is None:
+        if reason is None and disk_full:
+            reason = "not started: the disk is full"
+        elif reason is None:
             try:
                 progress.done(work(job))
                 continue
+            except WriteError as e:
+                reason = str(e)
+                # A full device (a /dev/full node) is this output only; a full disk is every later one too.
+                disk_full = e.errno == errno.ENOSPC and not is_stream(job.output)
             except ValueError as e:
                 reason = str(e)
             except MemoryError:

@@ -7,6 +7,7 @@ stderr, a non-zero exit and no partial output file.
 
 from __future__ import annotations
 
+import errno
 import gc
 import os
 import sys
@@ -24,6 +25,7 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 EXIT_USAGE = 2
 EXIT_FAILURE = 1
+EXIT_BROKEN_PIPE = 141  # 128 + SIGPIPE: what a shell shows for a tool whose reader left (`| head`)
 
 
 def fail(message: str, code: int = EXIT_FAILURE):
@@ -55,6 +57,10 @@ class _Command(click.Command):
         except MemoryError:
             fail("out of memory (try a smaller image, or --device cuda)")
         except Exception as e:  # noqa: BLE001 - user errors become one line; others keep their traceback
+            from .imageio import WriteError
+
+            if isinstance(e, WriteError) and e.errno == errno.EPIPE:
+                sys.exit(EXIT_BROKEN_PIPE)  # the reader took what it wanted; no message, as Unix tools do
             if isinstance(e, _user_errors()):
                 fail(str(e))
             raise

@@ -17,8 +17,10 @@ Input policy (what a user of an image codec expects, stated rather than silent):
 
 from __future__ import annotations
 
+import contextlib
 import io
 import os
+import stat
 import sys
 import tempfile
 import warnings
@@ -183,10 +185,12 @@ def encode_image(pixels: np.ndarray, fmt: str) -> bytes:
 
 
 def output_format(path: str) -> str:
-    """The image format for an output path, from its extension (``-``: PNG)."""
+    """The image format for an output path, from its extension (``-``, or a device or pipe without one: PNG)."""
     if path == "-":
         return "PNG"
     ext = os.path.splitext(path)[1].lower()
+    if not ext and is_stream(path):  # /dev/null, a FIFO: what standard output gets
+        return "PNG"
     if ext not in OUTPUT_FORMATS:
         raise ImageError(f"cannot write {ext or 'files without an extension'}: use one of "
                          f"{', '.join(sorted(OUTPUT_FORMATS))} (lossless formats only)")
@@ -210,8 +214,30 @@ def read_input(path: str) -> bytes:
         raise ImageError(f"cannot read {path}: {e.strerror}") from None
 
 
+def is_stream(path: str) -> bool:
+    """Whether ``path`` (links followed) exists and is not a regular file or a folder: a device, a FIFO, a
+    socket. Such an output is written into; a file renamed over it would replace it."""
+    try:
+        mode = os.stat(path).st_mode
+    except OSError:
+        return False
+    return not (stat.S_ISREG(mode) or stat.S_ISDIR(mode))
+
+
+class WriteError(ImageError):
+    """An output that could not be written. ``errno`` tells the callers that act on the cause: EPIPE (the
+    reader went away) ends the command line quietly, ENOSPC (disk full) stops a batch."""
+
+    def __init__(self, output: str, error: OSError):
+        super().__init__(f"cannot write {output}: {error.strerror or error}")
+        self.errno = error.errno
+
+
 def check_output(output: str, input_path: str, force: bool) -> None:
-    """Refuse an output that would destroy the input, or replace a file without ``--force``."""
+    """Refuse an output that would destroy the input, or replace a file without ``--force``.
+
+    Devices and pipes are written into, not replaced, so they need no ``--force``.
+    """
     if output == "-":
         return
     if os.path.isdir(output):
@@ -219,35 +245,84 @@ def check_output(output: str, input_path: str, force: bool) -> None:
     if input_path != "-" and os.path.exists(output) and os.path.exists(input_path) \
             and os.path.samefile(output, input_path):
         raise ImageError("output is the input file; refusing to overwrite it")
+    if is_stream(output):
+        return
     if os.path.exists(output) and not force:
         raise ImageError(f"{output} exists; use --force to replace it")
-    parent = os.path.dirname(os.path.abspath(output))
+    parent = os.path.dirname(os.path.realpath(output))  # a link's target is what gets written
     if not os.path.isdir(parent):
         raise ImageError(f"cannot write {output}: folder {parent} does not exist")
 
 
 def write_output(output: str, data: bytes) -> None:
-    """Write bytes atomically (temporary file in the same folder, then rename), or to stdout for ``-``."""
+    """Write ``data`` to ``output`` completely, or raise WriteError.
+
+    ``-`` is standard output; a device, FIFO or socket is written into as it is; a file (or the file a
+    link points to) is replaced atomically: a temporary file in its folder, then a rename, so a failure
+    leaves the old file or nothing.
+    """
     if output == "-":
-        sys.stdout.buffer.write(data)
-        sys.stdout.buffer.flush()
-        return
-    parent = os.path.dirname(os.path.abspath(output))
+        _write_stdout(data)
+    elif is_stream(output):
+        _write_into(output, data)
+    else:
+        _write_replacing(output, data)
+
+
+def _write_stdout(data: bytes) -> None:
+    out = sys.stdout.buffer
+    try:
+        sys.stdout.flush()
+        try:
+            fd = out.fileno()
+        except (AttributeError, io.UnsupportedOperation):  # a stream without a file (a test's capture)
+            out.write(data)
+            out.flush()
+            return
+        # Straight to the file descriptor: nothing stays in Python's buffer for the flush at exit to
+        # retry (and print 'Exception ignored ...' for) after a failure, and a short write is not lost.
+        _write_all(fd, data)
+    except OSError as e:
+        raise WriteError("standard output", e) from None
+
+
+def _write_into(output: str, data: bytes) -> None:
+    # No O_CREAT: if the device or pipe has gone, fail rather than leave a non-atomic regular file.
+    try:
+        fd = os.open(output, os.O_WRONLY | os.O_NOCTTY)
+        try:
+            _write_all(fd, data)
+        finally:
+            os.close(fd)
+    except OSError as e:
+        raise WriteError(output, e) from None
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    """os.write until every byte is taken: a pipe whose reader leaves takes part of the data, then EPIPE."""
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view):]
+
+
+def _write_replacing(output: str, data: bytes) -> None:
+    target = os.path.realpath(output)  # a link is kept; the file it points to is replaced
+    parent = os.path.dirname(target)
     try:
         fd, tmp = tempfile.mkstemp(prefix=".rdeic-", suffix=".tmp", dir=parent)
     except OSError as e:
-        raise ImageError(f"cannot write {output}: {e.strerror}") from None
+        raise WriteError(output, e) from None
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(data)
         # mkstemp creates the file 0600; give the output the mode a plain open() would.
         os.chmod(tmp, 0o666 & ~_umask())
-        os.replace(tmp, output)
+        os.replace(tmp, target)
     except BaseException as e:
-        if os.path.exists(tmp):
+        with contextlib.suppress(OSError):  # it may be gone already, with its folder
             os.unlink(tmp)
         if isinstance(e, OSError):
-            raise ImageError(f"cannot write {output}: {e.strerror or e}") from None
+            raise WriteError(output, e) from None
         raise
 
 
