@@ -217,11 +217,17 @@ def read_input(path: str) -> bytes:
 def is_stream(path: str) -> bool:
     """Whether ``path`` (links followed) exists and is not a regular file or a folder: a device, a FIFO, a
     socket. Such an output is written into; a file renamed over it would replace it."""
+    if path.startswith(FD_PATHS):  # /dev/stdout into a shell's file: write into it, as into the fd
+        return os.path.exists(path)
     try:
         mode = os.stat(path).st_mode
     except OSError:
         return False
     return not (stat.S_ISREG(mode) or stat.S_ISDIR(mode))
+
+
+# Names of an open file descriptor: the file behind one (`> file`) is the caller's, written into.
+FD_PATHS = ("/dev/stdout", "/dev/stderr", "/dev/fd/", "/proc/self/fd/")
 
 
 class WriteError(ImageError):

@@ -254,6 +254,18 @@ def test_standard_output_on_a_full_device(tmp_path, devices, src_png, model):
     assert still_device(devices["full"], 7)
 
 
+def test_dev_stdout_redirected_to_a_file_is_written_into(tmp_path, src_png, model):
+    """`rdeic encode a.png /dev/stdout > out.rdc`: the shell's file is written through the descriptor, as
+    `-` would, without --force and without renaming another file over it."""
+    target = tmp_path / "out.rdc"
+    with open(target, "wb") as f:
+        out = run("encode", src_png, "/dev/stdout", *model, stdout=f, stderr=subprocess.PIPE, text=True)
+    assert out.returncode == 0, out.stderr
+    ref = run("encode", src_png, "-", *model, stdout=subprocess.PIPE).stdout
+    assert target.read_bytes() == ref
+    assert not [n for n in listing(tmp_path) if n.startswith(".rdeic-")]
+
+
 # -- pipes --------------------------------------------------------------------------------------------
 
 def test_fifo_is_written_into_without_force(tmp_path, src_png, rdc_file, model):
