@@ -154,6 +154,9 @@ SMALL = {
         "zc_msssim_weight": 0.0,
         # Training only: the compression stage's peak learning rate (the probes' 3e-4).
         "learning_rate": 3e-4,
+        # Training only: stages 1 and 2 train the control module alone; the rates stay where the
+        # compression stage put them.
+        "train_in_diffusion_stages": False,
     },
     # The relay starts at t = 150 (noise σ/√ᾱ = 0.46), not SD's 299 (0.83): the small denoiser cannot
     # remove the larger noise. With the same weights (models/rdeic-small/README.md), 2 steps from t = 150 gave
@@ -230,7 +233,7 @@ TINY_HYPERPRIOR["profile"] = "tiny-hyperprior"
 TINY_HYPERPRIOR["compression"] = {"type": "hyperprior", "feature_channels": 16, "latent_channels": 6,
                                   "feature_scale": 0.18215, "N": 8, "M": 12, "hyper_channels": 8,
                                   "guide_channels": 8, "lambdas": [0.1, 0.5, 2.0], "zc_pixel_weight": 1.0,
-                                  "zc_latent_weight": 0.0}
+                                  "zc_latent_weight": 0.0, "train_in_diffusion_stages": False}
 
 PROFILES = {"paper": PAPER, "small": SMALL, "tiny": TINY, "tiny-shuffle": TINY_SHUFFLE,
             "tiny-hyperprior": TINY_HYPERPRIOR}

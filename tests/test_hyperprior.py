@@ -155,13 +155,21 @@ def test_a_new_compression_module_goes_on_a_finished_model(tmp_path):
     first = make_tiny_model(str(tmp_path / "first"), profile="tiny-shuffle")
     out = tmp_path / "new"
     pipeline.run(str(data / "train"), str(data / "valid"), str(tmp_path / "work"), str(out),
-                 profile="tiny-hyperprior", stages=("compression", "stage1"),
-                 steps={"compression": 2, "stage1": 1}, start_from=first, log=lambda m: None)
+                 profile="tiny-hyperprior", stages=("compression", "stage1", "finetune"),
+                 steps={"compression": 2, "stage1": 2, "finetune": 1}, start_from=first, log=lambda m: None)
     a, b = load_model(first), load_model(str(out))
     assert b.config["compression"]["type"] == "hyperprior" and isinstance(b.compression, HyperpriorModule)
     for part in ("vae", "unet"):
         for k, v in a.component(part).state_dict().items():
             assert torch.equal(v, b.component(part).state_dict()[k]), (part, k)
+    # Stages 1 and 2 train the control module alone: the compression module is the compression stage's.
+    from rdeic_codec.training.checkpoint import load_checkpoint
+
+    pretrained = HyperpriorModule(b.config["compression"])
+    load_checkpoint(str(tmp_path / "work" / "compression"), {"compression": pretrained})
+    for k, v in pretrained.state_dict().items():
+        torch.testing.assert_close(b.compression.state_dict()[k], v, atol=1e-3, rtol=1e-3)  # float16 storage
+    assert any(v.abs().sum() > 0 for k, v in b.control.state_dict().items() if "zero" in k)
     image = smooth_image(64, 64)
     assert codec.decode(b, codec.encode(b, image, 1.0).data, steps=2).shape == image.shape
 

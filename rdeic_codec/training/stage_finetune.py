@@ -20,7 +20,7 @@ from .data import ImageFolderCrops
 from .file_rate import file_bpp, validation_images
 from .loop import Trainer
 from .losses import ms_ssim_loss
-from .stage_rdeic import distortion_weight, sample_lambdas, zc_distortion
+from .stage_rdeic import compression_is_frozen, diffusion_stage_weight, sample_lambdas, zc_distortion
 
 PERCEPTUAL_WEIGHT = 0.5
 
@@ -29,7 +29,8 @@ def finetune_loss(model, x: torch.Tensor, lam: torch.Tensor, steps: int, generat
     with torch.no_grad():
         feat = encoder_feature(model.vae, x)
         z = latent_from_feature(model.vae, feat)
-    out = model.compression(feat, lam)
+    with torch.set_grad_enabled(torch.is_grad_enabled() and not compression_is_frozen(model)):
+        out = model.compression(feat, lam)
     ctx = model.unet.context
     guide = out["c"]
 
@@ -42,19 +43,24 @@ def finetune_loss(model, x: torch.Tensor, lam: torch.Tensor, steps: int, generat
     perceptual = ms_ssim_loss(rec, x)
     dist_zc, _ = zc_distortion(model, out["z_c"], z, generator)
     bpp = out["bits"] / (x.shape[2] * x.shape[3])
-    lam = distortion_weight(model, lam)
+    lam = diffusion_stage_weight(model, lam)
     loss = (lam * (mse + PERCEPTUAL_WEIGHT * perceptual + dist_zc)).mean() + bpp.mean() + out["vq_loss"]
     return loss, {"bpp": bpp.mean().item(), "mse": mse.mean().item(), "msssim": 1 - perceptual.mean().item()}
 
 
 def train_finetune(model, train_dir: str, valid_dir: str, work_dir: str, steps: int, batch: int = 4,
                    crop: int = 128, lr: float = 2e-5, seed: int = 0, save_every: int = 200):
-    """Fine-tune compression + control through the sampler and the VAE decoder; updates ``model``."""
+    """Fine-tune compression + control (or control alone, :func:`.stage_rdeic.compression_is_frozen`)
+    through the sampler and the VAE decoder; updates ``model``."""
     torch.manual_seed(seed)
     for p in list(model.vae.parameters()) + list(model.unet.parameters()):
         p.requires_grad_(False)
+    params = None
+    if compression_is_frozen(model):  # the control module alone (see stage_rdeic.compression_is_frozen)
+        model.compression.requires_grad_(False)
+        params = list(model.control.parameters())
     trainer = Trainer("finetune", work_dir, {"compression": model.compression, "control": model.control}, steps, lr,
-                      warmup=20, clip=1.0, save_every=save_every)
+                      params=params, warmup=20, clip=1.0, save_every=save_every)
     dev = trainer.device
     model.to(dev)
     data = ImageFolderCrops(train_dir, crop, seed=trainer.seed(seed))

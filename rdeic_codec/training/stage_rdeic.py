@@ -30,6 +30,16 @@ from .loop import Trainer
 from .losses import ms_ssim_loss
 
 
+def compression_is_frozen(model) -> bool:
+    """Whether stages 1 and 2 keep the compression module as its own stage left it (the compression
+    section's ``train_in_diffusion_stages`` false) and train the control module alone.
+
+    The hyperprior design sets its rates with its own distortion weight in the compression stage; the
+    diffusion stages' terms would move them again (stage 2 raised the paper design's λ = 2 from 0.159
+    to 0.194 bpp, docs/training.md), so it stays frozen there."""
+    return not model.compression.cfg.get("train_in_diffusion_stages", True)
+
+
 def sample_lambdas(n: int, lo: float, hi: float, generator) -> torch.Tensor:
     u = torch.rand(n, generator=generator)
     return torch.exp(math.log(lo) + u * (math.log(hi) - math.log(lo)))
@@ -43,6 +53,15 @@ def distortion_weight(model, lam: torch.Tensor) -> torch.Tensor:
     """
     cfg = model.compression.cfg
     return cfg.get("distortion_scale", 1.0) * lam ** cfg.get("distortion_power", 1.0)
+
+
+def diffusion_stage_weight(model, lam: torch.Tensor) -> torch.Tensor:
+    """The distortion weight of stages 1 and 2: :func:`distortion_weight`, or 1 for every λ when the
+    compression module is frozen there (no rate to trade against: the control module then learns every
+    rate alike instead of mostly the highest)."""
+    if compression_is_frozen(model):
+        return torch.ones_like(lam)
+    return distortion_weight(model, lam)
 
 
 PIXEL_WINDOW = 16  # latent pixels (128 image pixels): where the pixel term decodes, to keep it cheap
@@ -95,8 +114,9 @@ def compression_loss(model, feature, z, lam, generator=None):
 
 def stage1_loss(model, feature, z, lam, t, ab, relay_start: int, generator):
     """One stage-1 loss evaluation; returns (loss, logs)."""
-    out = model.compression(feature, lam)
-    lam = distortion_weight(model, lam)
+    with torch.set_grad_enabled(torch.is_grad_enabled() and not compression_is_frozen(model)):
+        out = model.compression(feature, lam)
+    lam = diffusion_stage_weight(model, lam)
     z_c = out["z_c"]
     lam_r = math.sqrt(1.0 / float(ab[relay_start]) - 1.0)
     eps = torch.randn(z.shape, generator=generator).to(z.device) + (z_c - z) / lam_r
@@ -125,10 +145,14 @@ def train_stage1(model, cache_path: str, valid_cache: str, work_dir: str, steps:
     for p in list(model.vae.parameters()) + list(model.unet.parameters()):
         p.requires_grad_(False)
     trained = {"compression": model.compression}
+    params = None
     if diffusion:
         trained["control"] = model.control
-    trainer = Trainer("stage1" if diffusion else "compression", work_dir, trained, steps, lr, clip=1.0,
-                      save_every=save_every)
+        if compression_is_frozen(model):  # still checkpointed with the stage, so later stages find it
+            model.compression.requires_grad_(False)
+            params = list(model.control.parameters())
+    trainer = Trainer("stage1" if diffusion else "compression", work_dir, trained, steps, lr, params=params,
+                      clip=1.0, save_every=save_every)
     dev = trainer.device
     model.to(dev)
     data = LatentCrops(cache_path, crop, seed=trainer.seed(seed))
