@@ -45,6 +45,14 @@ def tiny_shuffle_model(tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
+def tiny_hyperprior_model(tmp_path_factory):
+    """The tiny model with the small profile's autoencoder and hyperprior compression module."""
+    from rdeic_codec.model import load_model
+
+    return load_model(make_tiny_model(str(tmp_path_factory.mktemp("tiny-hyperprior")), profile="tiny-hyperprior"))
+
+
+@pytest.fixture(scope="session")
 def tiny_model(tiny_model_dir):
     from rdeic_codec.model import load_model
 

@@ -21,10 +21,11 @@ SMALL_TILES = {"encoder": (192, 64), "denoiser": (192, 64), "decoder": (128, 32)
                "entropy": 320}
 
 
-@pytest.fixture(params=["tiny_model", "tiny_shuffle_model"])
+@pytest.fixture(params=["tiny_model", "tiny_shuffle_model", "tiny_hyperprior_model"])
 def tiling(request):
     """Set a tiny model's tiles for one test (the config is restored afterwards); each test runs with
-    SD's autoencoder layout and with the small profile's ShuffleAutoencoder."""
+    SD's autoencoder layout, with the small profile's ShuffleAutoencoder, and with that and the small
+    profile's hyperprior compression module."""
     tiny_model = request.getfixturevalue(request.param)
     saved = tiny_model.config.get("tiling")
 
@@ -57,11 +58,13 @@ def test_tiles_cover_the_axis_and_weights_sum_to_one(n, tile, overlap):
         assert np.allclose(total, 1.0)
 
 
-def test_exact_tiles_with_the_derived_halo_equal_the_untiled_network(tiny_model):
+@pytest.mark.parametrize("name", ["tiny_model", "tiny_hyperprior_model"])
+def test_exact_tiles_with_the_derived_halo_equal_the_untiled_network(name, request):
     """g_s and h_s tiled with the halo of their receptive field give the untiled result; a halo one
     position short does not (float64, so that what reaches past the short halo is above rounding)."""
     import copy
 
+    tiny_model = request.getfixturevalue(name)
     torch.manual_seed(0)
     comp = copy.deepcopy(tiny_model.compression).double()
     y = torch.randn(1, comp.cfg["M"], 40, 36, dtype=torch.float64)
