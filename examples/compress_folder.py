@@ -14,7 +14,6 @@ import argparse
 import multiprocessing as mp
 import os
 import sys
-import tempfile
 
 # Run from a checkout without installing: this checkout's rdeic_codec (the workers re-run this too).
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -40,14 +39,14 @@ def _compress(task: tuple[str, str, dict]) -> tuple[str, str | None, int]:
     src, dst, rate = task
     if _start_error:
         return src, _start_error, 0
+    from rdeic_codec.imageio import write_output
+
     try:
         data = _codec.encode(src, **rate)
-        fd, tmp = tempfile.mkstemp(dir=os.path.dirname(dst), suffix=".tmp")
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.replace(tmp, dst)
+        # rdeic's own writer: atomic for files, no temporary file left on a full disk, one-line errors.
+        write_output(dst, data)
         return src, None, len(data)
-    except ValueError as e:  # every bad-input error of the API is a ValueError with a one-line message
+    except ValueError as e:  # every bad-input and write error of rdeic is a ValueError with a one-line message
         return src, str(e), 0
 
 
