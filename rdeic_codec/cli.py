@@ -465,7 +465,11 @@ def _csv_list(kind):
 @click.option("-n", "--limit", type=click.IntRange(1), default=None, help="Only the first N images (by name).")
 @click.option("-d", "--detail", type=float, default=1.0, show_default=True, help="Decoder detail guidance.")
 @click.option("--crop", type=click.IntRange(16), default=256, show_default=True,
-              help="Side of the centre crops in index.html.")
+              help="Side of the centre crops shown in index.html (display only: photos are coded whole).")
+@click.option("--cache", "cache_dir", type=click.Path(file_okay=False), default=None,
+              help="Baseline cache folder: each photo's baseline results are computed once and reused by "
+                   "later runs, of any model [default: $XDG_CACHE_HOME/rdeic/eval, else ~/.cache/rdeic/eval].")
+@click.option("--no-cache", is_flag=True, help="Compute every baseline result; read and write no cache.")
 @click.option("--metrics-module", "metric_modules", multiple=True, metavar="MODULE",
               help="Import MODULE first; it may register more metrics (LPIPS, DISTS, FID), "
                    "see rdeic_codec/evaluation/registry.py. Repeatable.")
@@ -475,15 +479,16 @@ def _csv_list(kind):
 @quiet_option
 @force_option
 @half_option
-def eval_command(folder, lambdas, steps, baselines, out_dir, limit, detail, crop, metric_modules,
-                 model_dir, device, threads, quiet, force, half):
+def eval_command(folder, lambdas, steps, baselines, out_dir, limit, detail, crop, cache_dir, no_cache,
+                 metric_modules, model_dir, device, threads, quiet, force, half):
     """Evaluate rdeic on the images in FOLDER against baseline codecs at matched rates.
 
-    Every image is encoded to an .rdc file per λ and decoded per step count; each baseline gets the
-    largest file not exceeding that .rdc file's size. Rates are file sizes over the original pixel
-    count. Reports bpp, PSNR, MS-SSIM, NIQE and encode/decode seconds per image and on average in
-    OUTPUT/results.json, results.csv and summary.md (Markdown averages), rate-quality plots
-    (rd_*.png) and index.html with crops.
+    Every image is coded whole (neither cropped nor resized): encoded to an .rdc file per λ and
+    decoded per step count; each baseline gets the largest file not exceeding that .rdc file's
+    size. Rates are file sizes over the original pixel count. Reports bpp, PSNR, MS-SSIM, NIQE and
+    encode/decode seconds per image and on average in OUTPUT/results.json, results.csv and
+    summary.md (Markdown averages), rate-quality plots (rd_*.png) and index.html with crops.
+    Baseline results are kept per photo in the cache (--cache), so the next model's run reuses them.
     Ctrl-C keeps what was finished.
     """
     import importlib
@@ -497,6 +502,8 @@ def eval_command(folder, lambdas, steps, baselines, out_dir, limit, detail, crop
                                  param_hint="--baselines")
     if bad := [s for s in steps if not 0 <= s <= 10]:
         raise click.BadParameter(f"step counts must be 0..10, got {bad}", param_hint="--steps")
+    if no_cache and cache_dir is not None:
+        raise click.BadParameter("give --cache DIR or --no-cache, not both", param_hint="--cache")
     try:
         for name in baselines:
             get_codec(name).require()
@@ -514,6 +521,8 @@ def eval_command(folder, lambdas, steps, baselines, out_dir, limit, detail, crop
             fail(f"--metrics-module {name}: {e}")
     from PIL import Image
 
+    from .evaluation.cache import default_cache_dir
+    from .evaluation.report import cache_line
     from .evaluation.runner import EvalSettings, Runner, list_images
 
     paths = list_images(folder, limit)
@@ -537,7 +546,11 @@ def eval_command(folder, lambdas, steps, baselines, out_dir, limit, detail, crop
             "model_dir": os.path.abspath(resolve_model_dir(model_dir)), "model_name": model.config.get("name"), "model_id": model.model_id.hex(),
             "device": str(next(model.parameters()).device), "threads": torch.get_num_threads(), "half": half,
             "folder": os.path.abspath(folder), "started": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
-    settings = EvalSettings(lambdas, steps, baselines, detail, crop)
+    if no_cache:
+        cache_dir = None
+    elif cache_dir is None:
+        cache_dir = default_cache_dir()
+    settings = EvalSettings(lambdas, steps, baselines, detail, crop, cache_dir)
     if old_report:  # --force: the old run's files would otherwise linger beside the new ones
         import shutil
 
@@ -549,8 +562,10 @@ def eval_command(folder, lambdas, steps, baselines, out_dir, limit, detail, crop
         results = runner.run(paths)
     except KeyboardInterrupt:
         fail(f"interrupted; the finished part is in {os.path.join(out_dir, 'index.html')}", 130)
-    _stats(quiet, f"{os.path.join(out_dir, 'index.html')}: {len(results.images)} images, "
+    _stats(quiet, f"{os.path.join(out_dir, 'index.html')}: {len(results.images)} whole photos, "
                   f"{len(results.rows)} rows, {time.perf_counter() - t0:.1f} s")
+    if baselines:
+        _stats(quiet, cache_line(results))
 
 
 if __name__ == "__main__":

@@ -104,3 +104,23 @@ def test_settings_are_ordered_small_to_large_files(image):
     codec = baselines.get_codec("jpeg")
     sizes = [codec.roundtrip(image, s).num_bytes for s in (1.0, 30.0, 90.0)]
     assert sizes == sorted(sizes)
+
+
+def test_bisect_settings_asks_each_setting_once_and_picks_the_largest_fit():
+    settings = tuple(float(q) for q in range(10))
+    rates = {s: 0.1 * (s + 1) for s in settings}  # 0.1 .. 1.0 bpp
+    asked = []
+
+    def bpp_of(setting):
+        asked.append(setting)
+        return rates[setting]
+
+    assert baselines.bisect_settings(settings, 0.55, bpp_of) == (4.0, 0.1)
+    assert len(asked) == len(set(asked)) and 5.0 in asked  # the next setting up was seen to overshoot
+    assert baselines.bisect_settings(settings, 0.05, rates.get) == (None, 0.1)
+    assert baselines.bisect_settings(settings, 5.0, rates.get) == (9.0, 0.1)
+
+
+def test_roundtrip_times_its_encode_and_decode(image):
+    enc = baselines.get_codec("jpeg").roundtrip(image, 50.0)
+    assert enc.encode_s > 0 and enc.decode_s > 0

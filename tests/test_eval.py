@@ -34,6 +34,14 @@ STEPS = (1, 2)
 SIZES = {"a_landscape.png": (96, 128), "b_portrait.png": (128, 96)}  # (H, W); NIQE needs >= 96x96
 
 
+@pytest.fixture(scope="module", autouse=True)
+def private_cache(tmp_path_factory):
+    """The default baseline cache ($XDG_CACHE_HOME/rdeic/eval) in a temporary folder, never the user's."""
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("XDG_CACHE_HOME", str(tmp_path_factory.mktemp("xdg-cache")))
+        yield
+
+
 @pytest.fixture(scope="module")
 def one_thread():
     before = torch.get_num_threads()
@@ -174,8 +182,9 @@ def test_csv_has_one_row_per_image_codec_setting(report):
 def test_markdown_summary_has_every_average(report):
     out, doc, _ = report
     lines = (out / "summary.md").read_text().splitlines()
-    assert lines[0].startswith("| codec | λ | images | bpp | psnr | ms_ssim | niqe")
-    rows = [line.strip("| ").split(" | ") for line in lines[2:]]
+    assert lines[0].startswith("Means over 2 whole photos (96×128, 128×96), each coded at its full size")
+    assert lines[2].startswith("| codec | λ | images | bpp | psnr | ms_ssim | niqe")
+    rows = [line.strip("| ").split(" | ") for line in lines[4:]]
     assert len(rows) == len(doc["summary"])
     for entry in doc["summary"]:
         [row] = [r for r in rows if r[0] == entry["series"] and float(r[1]) == entry["lambda"]]

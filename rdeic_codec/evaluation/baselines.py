@@ -30,7 +30,8 @@ import io
 import shutil
 import subprocess
 import tempfile
-from collections.abc import Sequence
+import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -52,6 +53,8 @@ class Encoded:
         data: the compressed bytes (everything a decoder needs).
         bpp: 8 * len(data) / (original H * W).
         decoded: the reconstruction, uint8 (H, W, 3), same size as the original.
+        encode_s: seconds the encode took (wall clock, tool start-up included).
+        decode_s: seconds the decode took.
     """
 
     codec: str
@@ -59,6 +62,8 @@ class Encoded:
     data: bytes = field(repr=False)
     bpp: float
     decoded: np.ndarray = field(repr=False)
+    encode_s: float = 0.0
+    decode_s: float = 0.0
 
     @property
     def num_bytes(self) -> int:
@@ -168,14 +173,17 @@ class Codec:
             setting: one of ``self.settings``.
 
         Returns:
-            An :class:`Encoded`.
+            An :class:`Encoded`, with the encode and decode each timed.
         """
+        t0 = time.perf_counter()
         data = self.encode(image, setting)
+        t1 = time.perf_counter()
         decoded = self.decode(data)
+        t2 = time.perf_counter()
         w, h = image.size
         if decoded.shape != (h, w, 3):
             raise RuntimeError(f"{self.name}: decoded shape {decoded.shape} != {(h, w, 3)}")
-        return Encoded(self.name, setting, data, 8.0 * len(data) / (w * h), decoded)
+        return Encoded(self.name, setting, data, 8.0 * len(data) / (w * h), decoded, t1 - t0, t2 - t1)
 
     def _encode(self, image: Image.Image, setting: float, tmp: Path) -> bytes:
         raise NotImplementedError
@@ -325,12 +333,50 @@ def get_codec(name: str) -> Codec:
         raise ValueError(f"unknown baseline codec {name!r}; known: {sorted(CODECS)}") from None
 
 
+def bisect_settings(settings: Sequence[float], target_bpp: float,
+                    bpp_of: Callable[[float], float]) -> tuple[float | None, float]:
+    """The bisection of :func:`find_close`, over any way of getting a setting's rate.
+
+    The settings it asks for depend only on the rates it is given, so a caller that answers
+    ``bpp_of`` from a cache gets the same choice as one that encodes every time.
+
+    Args:
+        settings: a codec's settings, from the smallest file to the largest.
+        target_bpp: the rate not to exceed.
+        bpp_of: the rate of one setting (called at most once per setting).
+
+    Returns:
+        (the chosen setting, or None when even the lowest setting exceeds the target;
+        the rate of the lowest setting).
+    """
+    known: dict[int, float] = {}
+
+    def at(i: int) -> float:
+        if i not in known:
+            known[i] = bpp_of(settings[i])
+        return known[i]
+
+    lowest = at(0)
+    if lowest > target_bpp:
+        return None, lowest
+    lo, hi = 0, len(settings) - 1  # invariant: at(lo) fits; everything above hi is unknown/over
+    if at(hi) <= target_bpp:
+        lo = hi
+    while hi - lo > 1:
+        mid = (lo + hi) // 2
+        if at(mid) <= target_bpp:
+            lo = mid
+        else:
+            hi = mid
+    return settings[lo], lowest
+
+
 def find_close(codec: Codec | str, image: Image.Image, target_bpp: float) -> CloseResult:
     """Find the setting whose file is the largest not exceeding ``target_bpp``.
 
-    Bisects the index into ``codec.settings``, assuming the file size grows with the setting (it
-    does nearly everywhere; where it does not, the result is still a measured file within the
-    target, possibly not the very largest one).
+    Bisects the index into ``codec.settings`` (:func:`bisect_settings`), assuming the file size
+    grows with the setting (it does nearly everywhere; where it does not, the result is still a
+    measured file within the target, possibly not the very largest one).
 
     Args:
         codec: a :class:`Codec` or its name.
@@ -345,24 +391,12 @@ def find_close(codec: Codec | str, image: Image.Image, target_bpp: float) -> Clo
         codec = get_codec(codec)
     codec.require()
     image = _rgb(image)
-    settings = codec.settings
-    cache: dict[int, Encoded] = {}
+    tried: dict[float, Encoded] = {}
 
-    def at(i: int) -> Encoded:
-        if i not in cache:
-            cache[i] = codec.roundtrip(image, settings[i])
-        return cache[i]
+    def bpp_of(setting: float) -> float:
+        tried[setting] = codec.roundtrip(image, setting)
+        return tried[setting].bpp
 
-    lowest = at(0)
-    if lowest.bpp > target_bpp:
-        return CloseResult(codec.name, target_bpp, None, lowest.bpp, len(cache))
-    lo, hi = 0, len(settings) - 1  # invariant: at(lo) fits; everything above hi is unknown/over
-    if at(hi).bpp <= target_bpp:
-        lo = hi
-    while hi - lo > 1:
-        mid = (lo + hi) // 2
-        if at(mid).bpp <= target_bpp:
-            lo = mid
-        else:
-            hi = mid
-    return CloseResult(codec.name, target_bpp, at(lo), lowest.bpp, len(cache))
+    chosen, min_bpp = bisect_settings(codec.settings, target_bpp, bpp_of)
+    encoded = None if chosen is None else tried[chosen]
+    return CloseResult(codec.name, target_bpp, encoded, min_bpp, len(tried))

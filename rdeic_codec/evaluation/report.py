@@ -11,8 +11,11 @@
   (PSNR of an identical image) are written as null.
 * ``rd_<metric>.png``: mean bpp against the mean metric, one curve per codec (rdeic: per step
   count); a point with unreachable images is left out and the legend says how many.
-* ``index.html``: per image and λ, centre crops of the original, rdeic and the matched baselines.
-* ``summary.md``: the averages as a Markdown table, by λ, for READMEs and model cards.
+* ``index.html``: per image and λ, centre crops of the original, rdeic and the matched baselines
+  (crops for display; every number is measured on the whole image), and how many baseline results
+  came from the baseline cache.
+* ``summary.md``: a line saying what was measured (whole images), then the averages as a Markdown
+  table, by λ, for READMEs and model cards.
 
 Plots use matplotlib's Agg canvas, imported only when plots are drawn. Everything is written to a
 temporary file and renamed, so an interrupted run never leaves a half-written report file.
@@ -112,11 +115,32 @@ def to_csv(results: Results) -> str:
     return buf.getvalue()
 
 
+def measured_line(results: Results) -> str:
+    """One sentence on what the numbers are over: whole images, how many, how rates are counted."""
+    n = sum(1 for im in results.images if im.get("finished"))
+    sizes = sorted({(im["width"], im["height"]) for im in results.images if im.get("finished")})
+    shown = ", ".join(f"{w}×{h}" for w, h in sizes[:4]) + (", …" if len(sizes) > 4 else "")
+    return (f"Means over {n} whole photo{'s' * (n != 1)}{f' ({shown})' if sizes else ''}, each coded at its "
+            "full size, neither cropped nor resized; bpp = 8 × file bytes / the photo's pixels.")
+
+
+def cache_line(results: Results) -> str:
+    """How many baseline results the baseline cache supplied and how many were computed."""
+    c = results.meta.get("baseline_cache") or {}
+    where = f"cache {c['dir']}" if c.get("dir") else "no cache"
+    line = (f"Baseline results: {c.get('from_cache', 0)} from the cache, {c.get('computed', 0)} computed "
+            f"({c.get('encodes', 0)} encodes; {where})")
+    if c.get("unreadable_entries"):
+        line += f"; {c['unreadable_entries']} unreadable cache entries recomputed"
+    return line
+
+
 def to_markdown(results: Results) -> str:
-    """The summary as a Markdown table: per λ, rdeic's step counts, then each baseline at that rate."""
+    """What was measured (a line), then the summary as a Markdown table: per λ, rdeic's step counts,
+    then each baseline at that rate."""
     metrics = [m.name for m in registry.image_metrics()] + [m.name for m in registry.set_metrics()]
     head = ["codec", "λ", "images", "bpp", *metrics, "enc s", "dec s"]
-    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    lines = [measured_line(results), "", "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     order = {c: i for i, c in enumerate(results.meta.get("baselines", []))}
     rank = lambda e: (e["lambda"], e["codec"] != "rdeic", order.get(e["codec"], len(order)), e["steps"] or 0)  # noqa: E731
     for e in sorted(summarize(results), key=rank):
@@ -186,7 +210,7 @@ def write_plots(results: Results, out_dir: Path) -> list[str]:
                 ax.axhline(ref, color="gray", linestyle="--", linewidth=1, label="originals")
         ax.set_xlabel("bits per pixel (file size)")
         ax.set_ylabel(metric.label or metric.name)
-        ax.set_title(f"{metric.label or metric.name} vs rate, mean over {n_images} image(s)")
+        ax.set_title(f"{metric.label or metric.name} vs rate, mean over {n_images} whole photo(s)")
         ax.grid(True, alpha=0.3)
         ax.legend(fontsize="small")
         fig.tight_layout()
@@ -242,14 +266,16 @@ def to_html(results: Results, plots: list[str]) -> str:
     crop = int(meta.get("crop", 256))
     intro = (f"Status: <b>{html.escape(results.status)}</b>. Model {html.escape(str(meta.get('model_name')))} "
              f"({html.escape(str(meta.get('model_id')))}), device {html.escape(str(meta.get('device')))}, "
-             f"detail {html.escape(_fmt(meta.get('detail')))}. Rates are file sizes over original pixels; "
-             f"baselines use the largest file not exceeding each .rdc file. Crops: centre {crop}×{crop} px. "
+             f"detail {html.escape(_fmt(meta.get('detail')))}. {html.escape(measured_line(results))} "
+             "Baselines use the largest file not exceeding each .rdc file. The pictures below are centre "
+             f"{crop}×{crop} px crops of the whole decoded photos, for display only. "
+             f"{html.escape(cache_line(results))}. "
              "Data: <a href='results.json'>results.json</a>, <a href='results.csv'>results.csv</a>.")
     parts = [
         "<!DOCTYPE html><html><head><meta charset='utf-8'><title>rdeic evaluation</title>",
-        f"<style>{_CSS}</style></head><body><h1>rdeic evaluation</h1>",
+        f"<style>{_CSS}</style></head><body><h1>rdeic evaluation on whole photos</h1>",
         f"<p>{intro}</p>",
-        "<h2>Averages</h2>", _summary_table(summarize(results)),
+        "<h2>Averages over the whole photos</h2>", _summary_table(summarize(results)),
         "".join(f'<p><img src="{quote(p)}" alt="{html.escape(p)}"></p>' for p in plots),
     ]
     rows_by_image: dict[str, list[dict]] = {}

@@ -1,12 +1,20 @@
 """The evaluation loop of ``rdeic eval``: rdeic against baseline codecs at matched rates.
 
-For each image, each λ: the image is encoded once to an ``.rdc`` file (the bitstream does not
-depend on the step count), then decoded from that file once per step count. Every rate is
-8 * (file size in bytes) / (original pixel count); no rate is ever estimated from likelihoods.
-For each ``.rdc`` file and each baseline codec, :func:`~.baselines.find_close` picks the setting
-whose file is the largest not exceeding that file's bpp; the chosen file is written, encoded again
-to time the encoder, decoded to time the decoder, and measured the same way. A baseline that cannot
-get down to the target gives a row with ``reachable`` false, its smallest rate and no metrics.
+Each image is coded whole: its file is read (EXIF orientation applied, converted to 8-bit sRGB)
+and every codec gets all of its pixels, neither cropped nor resized; the ``crop`` setting is only
+the size of the centre crops shown in index.html. For each image, each λ: the image is encoded once
+to an ``.rdc`` file (the bitstream does not depend on the step count), then decoded from that file
+once per step count. Every rate is 8 * (file size in bytes) / (original pixel count); no rate is
+ever estimated from likelihoods.
+
+For each ``.rdc`` file and each baseline codec, :func:`~.baselines.bisect_settings` picks the
+setting whose file is the largest not exceeding that file's bpp (each try encoded and decoded,
+both timed); the chosen file is written and measured the same way as rdeic's. A baseline that
+cannot get down to the target gives a row with ``reachable`` false, its smallest rate and no
+metrics. The baseline cache (:mod:`.cache`) keeps every try's rate and times and every chosen
+file's metrics per photo, so a later run, of any model, encodes and measures only what it has not
+seen: a cached row costs one decode of the stored file, for its crop and any set metric. Its
+``from_cache`` column says so; its times are those measured when it was computed.
 
 Results are one row per image x codec x setting (see :data:`ROW_FIELDS`). The tables of the report
 (:mod:`.report`) are rewritten after a row when :data:`TABLES_EVERY_S` have passed since the last
@@ -36,7 +44,7 @@ FILE_EXTENSIONS = {"rdeic": ".rdc", "jpeg": ".jpg", "webp": ".webp", "avif": ".a
 # Columns of a row, before the image metrics (one column each) and the trailing paths.
 ROW_FIELDS = ("image", "codec", "steps", "lambda", "setting", "target_bpp", "reachable", "min_bpp",
               "bytes", "bpp")
-ROW_TAIL = ("encode_s", "decode_s", "file", "crop")
+ROW_TAIL = ("encode_s", "decode_s", "file", "crop", "from_cache")
 TABLES_EVERY_S = 5.0  # results.json/csv at most this often during a run (they grow with the run)
 REPORT_EVERY_S = 30.0  # plots and index.html at most this often during a run
 
@@ -50,7 +58,8 @@ class EvalSettings:
         steps: denoising step counts; one decode per .rdc file and count.
         baselines: baseline codec names (:data:`~.baselines.CODECS`), matched to every .rdc file.
         detail: rdeic decoder guidance (1.0 as trained).
-        crop: side of the centre crops shown in index.html.
+        crop: side of the centre crops shown in index.html (display only: images are coded whole).
+        cache_dir: the baseline cache folder (:mod:`.cache`); None: no cache.
     """
 
     lambdas: Sequence[float]
@@ -58,6 +67,7 @@ class EvalSettings:
     baselines: Sequence[str] = ()
     detail: float = 1.0
     crop: int = 256
+    cache_dir: str | os.PathLike | None = None
 
 
 @dataclass
@@ -125,6 +135,7 @@ class Runner:
     def __init__(self, model, out_dir, settings: EvalSettings, meta: dict | None = None,
                  progress: bool | None = None):
         from .baselines import get_codec
+        from .cache import BaselineCache
 
         self.model = model
         self.out_dir = Path(out_dir)
@@ -135,6 +146,7 @@ class Runner:
         self.image_metrics = registry.image_metrics()
         self.set_metrics = registry.set_metrics()
         self.progress = progress
+        self.cache = BaselineCache(settings.cache_dir)
         self.results = Results(meta={
             **(meta or {}),
             "lambdas": list(settings.lambdas), "steps": list(settings.steps),
@@ -144,6 +156,10 @@ class Runner:
                                "reference": m.reference} for m in self.image_metrics],
             "set_metrics": [{"name": m.name, "higher_is_better": m.higher_is_better}
                             for m in self.set_metrics],
+            "coded": "whole images (neither cropped nor resized)",
+            # Baseline results (image x codec x rate): reused whole, or computed (an encode or a metric).
+            "baseline_cache": {"dir": None if settings.cache_dir is None else str(Path(settings.cache_dir).resolve()),
+                               "from_cache": 0, "computed": 0, "encodes": 0, "unreadable_entries": 0},
         })
         self._accumulators: dict = {}
         self._written = {"tables": 0.0, "all": 0.0}  # perf_counter of the last writes
@@ -200,13 +216,14 @@ class Runner:
 
     def _image(self, path: Path, folder: str, bar) -> None:
         from ..imageio import load_image
+        from .cache import pixels_sha256
 
         pixels = load_image(str(path)).pixels
         h, w = pixels.shape[:2]
         name = path.name
         crop_dir = self.out_dir / "crops" / folder
         info = {"name": name, "path": str(path), "width": w, "height": h, "folder": folder,
-                "crop": _rel(crop_dir / "original.png", self.out_dir)}
+                "pixels_sha256": pixels_sha256(pixels), "crop": _rel(crop_dir / "original.png", self.out_dir)}
         _save_png(center_crop(pixels, self.settings.crop), crop_dir / "original.png")
         info["ms_ssim_scales"] = ms_ssim_levels(h, w)
         for m in self.image_metrics:
@@ -214,6 +231,7 @@ class Runner:
                 info[f"original_{m.name}"] = m(pixels, pixels)
         self.results.images.append(info)
         matched: dict = {}  # (codec, target bpp) -> row values, shared by equal targets
+        entries = {c: self._cache_entry(info["pixels_sha256"], c) for c in self.settings.baselines}
         for lam in self.settings.lambdas:
             bar.set_postfix_str(f"{name} rdeic λ={lam:g}", refresh=False)
             rdc_path, target, enc_s = self._encode_rdeic(pixels, folder, lam)
@@ -224,7 +242,8 @@ class Runner:
                 bar.set_postfix_str(f"{name} {codec_name} ≤ {target:.4f} bpp", refresh=False)
                 key = (codec_name, target)
                 if key not in matched:
-                    matched[key] = self._baseline(pixels, name, folder, codec_name, target)
+                    matched[key] = self._baseline(pixels, name, folder, codec_name, target, entries[codec_name])
+                    self.cache.save(entries[codec_name])  # now, so an interrupted run keeps it
                 row, decoded = matched[key]
                 self._add({**row, "lambda": lam}, decoded, pixels, bar)
         info["finished"] = True
@@ -275,37 +294,103 @@ class Runner:
         return row, decoded
 
     # -- baselines -----------------------------------------------------------------------------
-    def _baseline(self, pixels, name, folder, codec_name, target):
-        """Rate-matched baseline: (row without 'lambda', decoded pixels or None)."""
+    def _cache_entry(self, digest: str, codec_name: str):
+        """The cache entry of one image and baseline (empty without a cache)."""
+        import PIL
+
+        codec = self.codecs[codec_name]
+        key = self.cache.make_key(digest, codec_name, dict(vars(codec)),
+                                  self.results.meta["baseline_versions"][codec_name], PIL.__version__)
+        entry = self.cache.load(key)
+        self.results.meta["baseline_cache"]["unreadable_entries"] = self.cache.unreadable
+        return entry
+
+    def _baseline(self, pixels, name, folder, codec_name, target, entry):
+        """Rate-matched baseline: (row without 'lambda', decoded pixels or None).
+
+        Args:
+            pixels: the image.
+            name: its file name (the row's ``image``).
+            folder: its folder name under files/ and crops/.
+            codec_name: the baseline.
+            target: the rate not to exceed (the .rdc file's bpp).
+            entry: the image's :class:`~.cache.Entry` for this baseline; what is computed is added.
+        """
         from PIL import Image
 
-        from .baselines import find_close
+        from .baselines import bisect_settings
+        from .cache import setting_key
 
         codec = self.codecs[codec_name]
         image = Image.fromarray(pixels, "RGB")
-        close = find_close(codec, image, target)
+        made: dict = {}  # setting -> Encoded, the encodes of this call
+
+        def bpp_of(setting: float) -> float:
+            record = entry.settings.get(setting_key(setting))
+            if record is None:  # never tried on this image: encode (and decode, to check and time it)
+                made[setting] = enc = codec.roundtrip(image, setting)
+                record = {"bytes": enc.num_bytes, "bpp": enc.bpp, "encode_s": enc.encode_s, "decode_s": enc.decode_s}
+                entry.settings[setting_key(setting)] = record
+                entry.changed = True
+            return record["bpp"]
+
+        chosen, min_bpp = bisect_settings(codec.settings, target, bpp_of)
         row = {"image": name, "codec": codec_name, "steps": None, "target_bpp": target,
-               "reachable": close.reachable, "min_bpp": close.min_bpp}
-        if not close.reachable:
-            return row, None
-        enc = close.encoded
-        t0 = time.perf_counter()
-        codec.encode(image, enc.setting)  # timed again: find_close does not time its tries
-        enc_s = time.perf_counter() - t0
-        path = self.out_dir / "files" / folder / f"{codec_name}_{enc.setting:g}{FILE_EXTENSIONS[codec_name]}"
+               "reachable": chosen is not None, "min_bpp": min_bpp}
+        if chosen is None:
+            return self._count(row, len(made), measured=False), None
+        record = entry.settings[setting_key(chosen)]
+        data, decoded = self._chosen_file(codec, image, chosen, record, made, entry)
+        missing = [m for m in self.image_metrics if m.name not in record.get("metrics", {})]
+        if missing:  # first time this setting is chosen for this image (or a metric was added)
+            record.setdefault("metrics", {}).update({m.name: m(pixels, decoded) for m in missing})
+            entry.changed = True
+        path = self.out_dir / "files" / folder / f"{codec_name}_{chosen:g}{FILE_EXTENSIONS[codec_name]}"
         path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_bytes(enc.data)
-        data = path.read_bytes()
-        t0 = time.perf_counter()
-        decoded = codec.decode(data)
-        dec_s = time.perf_counter() - t0
+        path.write_bytes(data)
         h, w = pixels.shape[:2]
-        crop = self.out_dir / "crops" / folder / f"{codec_name}_{enc.setting:g}.png"
+        crop = self.out_dir / "crops" / folder / f"{codec_name}_{chosen:g}.png"
         _save_png(center_crop(decoded, self.settings.crop), crop)
-        row.update({"setting": enc.setting, "bytes": len(data), "bpp": 8.0 * path.stat().st_size / (h * w),
-                    **self._metrics(pixels, decoded), "encode_s": enc_s, "decode_s": dec_s,
+        row.update({"setting": chosen, "bytes": len(data), "bpp": 8.0 * path.stat().st_size / (h * w),
+                    **{m.name: record["metrics"][m.name] for m in self.image_metrics},
+                    "encode_s": record["encode_s"], "decode_s": record["decode_s"],
                     "file": _rel(path, self.out_dir), "crop": _rel(crop, self.out_dir)})
-        return row, decoded
+        return self._count(row, len(made), measured=bool(missing)), decoded
+
+    def _chosen_file(self, codec, image, setting, record, made, entry):
+        """The chosen setting's file and its decoded pixels: (bytes, uint8 array).
+
+        From this call's encode, else from the file stored in the cache (decoded again: the crop and
+        any set metric need the pixels), else (only its rate was known) encoded now.
+        """
+        import base64
+
+        if setting in made:
+            enc = made[setting]
+        elif "data" in record:
+            data = base64.b64decode(record["data"])
+            return data, codec.decode(data)
+        else:
+            made[setting] = enc = codec.roundtrip(image, setting)
+            record.update({"encode_s": enc.encode_s, "decode_s": enc.decode_s})
+        record["data"] = base64.b64encode(enc.data).decode("ascii")
+        entry.changed = True
+        return enc.data, enc.decoded
+
+    def _count(self, row: dict, encodes: int, measured: bool) -> dict:
+        """Mark a baseline row as computed or reused, and add it to the run's cache counts.
+
+        Args:
+            row: the row (gets ``from_cache``).
+            encodes: how many encodes it took.
+            measured: whether its metrics were computed (not read from the cache).
+        """
+        stats = self.results.meta["baseline_cache"]
+        computed = encodes > 0 or measured
+        stats["computed" if computed else "from_cache"] += 1
+        stats["encodes"] += encodes
+        row["from_cache"] = not computed
+        return row
 
     def _finish_set_metrics(self) -> None:
         for key, accs in self._accumulators.items():
