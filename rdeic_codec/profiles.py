@@ -152,6 +152,10 @@ SMALL = {
         "zc_pixel_weight": 1.0,
         "zc_latent_weight": 0.0,
         "zc_msssim_weight": 0.0,
+        # Written model: the λ range is mapped onto at most these mean file rates (bpp) at λ = 0.1 and 2,
+        # measured on 24 training photos (rdeic_codec/training/rate_calibration.py): the issue-21 range
+        # (λ = 0.1 → ≤ 0.03, λ = 2 → 0.10–0.14) with a margin for varied photos.
+        "rate_targets": [0.027, 0.125],
         # Training only: the compression stage's peak learning rate (the probes' 3e-4).
         "learning_rate": 3e-4,
         # Training only: stages 1 and 2 train the control module alone; the rates stay where the
@@ -233,7 +237,8 @@ TINY_HYPERPRIOR["profile"] = "tiny-hyperprior"
 TINY_HYPERPRIOR["compression"] = {"type": "hyperprior", "feature_channels": 16, "latent_channels": 6,
                                   "feature_scale": 0.18215, "N": 8, "M": 12, "hyper_channels": 8,
                                   "guide_channels": 8, "lambdas": [0.1, 0.5, 2.0], "zc_pixel_weight": 1.0,
-                                  "zc_latent_weight": 0.0, "train_in_diffusion_stages": False}
+                                  "zc_latent_weight": 0.0, "train_in_diffusion_stages": False,
+                                  "rate_targets": [0.05, 0.5]}
 
 PROFILES = {"paper": PAPER, "small": SMALL, "tiny": TINY, "tiny-shuffle": TINY_SHUFFLE,
             "tiny-hyperprior": TINY_HYPERPRIOR}

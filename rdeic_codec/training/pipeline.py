@@ -1,6 +1,7 @@
 """``rdeic train``: the small profile's stages in order, each resumable, assembled into a model directory.
 
-    autoencoder → (decoder) → cache → denoiser, compression → stage1 → finetune (stage 2) → (VQ index prior) → model dir
+    autoencoder → (decoder) → cache → denoiser, compression → stage1 → finetune (stage 2) → (VQ index prior)
+    → (rate calibration) → model dir
 
 "denoiser" and "compression" are independent of each other: on a machine with spare cores they can
 run at the same time, as two ``rdeic train --stages ...`` processes with the same ``--work``.
@@ -135,10 +136,16 @@ def run(train_dir: str, valid_dir: str, work: str, output: str | None, profile: 
         if hasattr(model.compression.quantize, "embed_prob"):  # a VQ hyper latent's coding prior
             estimate_index_prior(model, train_cache)
         model.to("cpu")
+        extra = {}
+        targets = config["compression"].get("rate_targets")
+        if targets and model.compression.lambda_range:
+            from .rate_calibration import calibrate_rates, calibration_photos
+
+            extra["rate_calibration"] = calibrate_rates(model, calibration_photos(train_dir), *targets, log=log)
         done = [s for s in STAGES if _done(work, s)]
         model_id = save_model(model, output, name=os.path.basename(os.path.normpath(output)),
                               extra={"training": {"stages": done, "steps": {s: _steps_run(work, s) for s in done},
-                                                  "seed": seed}})
+                                                  "seed": seed, **extra}})
         log(f"wrote {output} (model id {model_id})")
     rt.barrier()
 

@@ -1,0 +1,111 @@
+"""Rate calibration: the λ range of a variable-rate model mapped onto target file sizes.
+
+The distortion weight w(λ) sets where training puts each λ's rate, but the rates answer it slowly and
+drift while a run goes on (docs/training.md), so the trained model's range can end up wider than the
+profile asks for (λ = 2 at 0.2 bpp instead of about 0.12). The gains on y at the trained λ values
+(:class:`~rdeic_codec.networks.compression.LambdaGains`) make every rate in between a valid operating
+point, so the range can be narrowed after training without touching any network: the real file size is
+measured over a sweep of λ on a set of photos, the λ whose mean file rate meets each end's target is
+found, and the gain table is resampled so that the model's λ range maps onto that span (linearly in
+log λ). Only the gain vectors change; a target outside what the model reaches leaves that end as it is.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+
+
+def measure_rates(model, images: list[np.ndarray], lambdas: np.ndarray) -> np.ndarray:
+    """Mean bits per pixel of the real files (:func:`rdeic_codec.codec.encode`) of ``images`` at each λ.
+
+    Args:
+        model: a model with λ gains (``model_id`` set; a placeholder will do).
+        images: (H, W, 3) uint8 photos.
+        lambdas: the λ values.
+    """
+    from .. import codec
+
+    model.config.setdefault("model_id", "00000000")  # a model in training has no id yet; a header needs one
+    model._entropy_path = None  # the float64 copy must follow the current weights
+    rates = np.zeros(len(lambdas))
+    for image in images:
+        analysis = codec.analyse_image(model, image)  # λ-independent: once per photo
+        pixels = image.shape[0] * image.shape[1]
+        for k, lam in enumerate(lambdas):
+            rates[k] += 8 * len(codec.encode_analysis(model, analysis, float(lam)).data) / pixels
+    return rates / len(images)
+
+
+def lambda_at_rate(lambdas: np.ndarray, rates: np.ndarray, target: float) -> float | None:
+    """The λ whose rate is ``target``, interpolating log rate linearly in log λ; None if the target is
+    outside the measured rates. The rates are made non-decreasing first (noise between close λ)."""
+    rates = np.maximum.accumulate(rates)
+    if not rates[0] <= target <= rates[-1]:
+        return None
+    k = int(np.searchsorted(rates, target))
+    if k == 0 or rates[k] == target:
+        return float(lambdas[k])
+    x0, x1 = math.log(lambdas[k - 1]), math.log(lambdas[k])
+    y0, y1 = math.log(rates[k - 1]), math.log(rates[k])
+    return float(math.exp(x0 + (x1 - x0) * (math.log(target) - y0) / (y1 - y0)))
+
+
+@torch.no_grad()
+def calibrate_rates(model, images: list[np.ndarray], low_bpp: float, high_bpp: float, points: int = 13,
+                    log=print) -> dict:
+    """Resample the model's λ gains so that its lowest λ gives ``low_bpp`` and its highest ``high_bpp``
+    (mean file rate over ``images``), each only where the untouched model goes beyond that target.
+
+    Args:
+        model: a model whose compression module has λ gains.
+        images: the photos to measure on (training photos: the validation set stays unseen).
+        low_bpp: the target rate at the lowest λ (a ceiling: a model already below keeps its end).
+        high_bpp: the target rate at the highest λ (a ceiling, likewise).
+        points: λ values in the sweep, log-spaced over the model's range.
+
+    Returns:
+        what was measured and done: the sweep, the λ chosen for each end, the rates after.
+    """
+    comp = model.compression
+    lo, hi = comp.lambda_range
+    sweep = np.exp(np.linspace(math.log(lo), math.log(hi), points))
+    rates = measure_rates(model, images, sweep)
+    new_lo = lambda_at_rate(sweep, rates, low_bpp) if rates[0] > low_bpp else None
+    new_hi = lambda_at_rate(sweep, rates, high_bpp) if rates[-1] > high_bpp else None
+    new_lo, new_hi = new_lo or lo, new_hi or hi
+    log(f"rate calibration on {len(images)} photos: λ {lo:g} … {hi:g} gave {rates[0]:.4f} … {rates[-1]:.4f} bpp; "
+        f"the range now spans the old λ {new_lo:.4g} … {new_hi:.4g}")
+    if (new_lo, new_hi) != (lo, hi):
+        # Old λ for each anchor of the table, linear in log λ, and the old gains there as the new anchors.
+        anchors = comp.log_lambdas.double()
+        t = (anchors - math.log(lo)) / (math.log(hi) - math.log(lo))
+        old = torch.exp(math.log(new_lo) + t * (math.log(new_hi) - math.log(new_lo)))
+        gain, inv = comp.gains(old.to(comp.log_gain.dtype))
+        comp.log_gain.copy_(gain[:, :, 0, 0].log())
+        comp.log_inv_gain.copy_(inv[:, :, 0, 0].log())
+    model._entropy_path = None
+    after = measure_rates(model, images, np.array([lo, hi]))
+    log(f"rate calibration: λ {lo:g} → {after[0]:.4f} bpp, λ {hi:g} → {after[1]:.4f} bpp")
+    return {"photos": len(images), "sweep_lambda": [float(v) for v in sweep], "sweep_bpp": [float(v) for v in rates],
+            "old_lambda_range": [float(new_lo), float(new_hi)], "bpp_after": [float(v) for v in after],
+            "targets_bpp": [low_bpp, high_bpp]}
+
+
+def calibration_photos(folder: str, count: int = 24, max_side: int = 768) -> list[np.ndarray]:
+    """``count`` photos spread evenly over a folder's sorted list (its sources are mixed, not
+    interleaved), whole; a photo larger than ``max_side`` is skipped to keep the sweep quick."""
+    from .data import list_images, load_rgb
+
+    paths = list_images(folder)
+    step = max(len(paths) // count, 1)
+    photos = []
+    for path in paths[::step]:
+        image = load_rgb(path)
+        if max(image.shape[:2]) <= max_side:
+            photos.append(image)
+        if len(photos) == count:
+            break
+    return photos
