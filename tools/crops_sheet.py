@@ -1,9 +1,9 @@
-"""The model card's side-by-side crops: original, rdeic with 2 and 5 steps, AVIF at the same bytes.
+"""The model card's side-by-side crops: original, rdeic's z_c alone and with 2 and 5 steps, AVIF at the same bytes.
 
     python tools/crops_sheet.py samples/gb82_*.png --lambda 0.1,0.5,2 -o models/rdeic-small/results/crops.png
 
-One row per image and λ: a crop of the original, of rdeic's decode with 2 and with 5 steps (the same
-file), and of the better of AVIF and AVIF at half size (the one with the higher PSNR among those that
+One row per image and λ: a crop of the original, of rdeic's decode at each of ``--steps`` (default 0, 2
+and 5: z_c decoded alone, then 2 and 5 diffusion steps; the same file), and of the better of AVIF and AVIF at half size (the one with the higher PSNR among those that
 fit) at no more bytes than the .rdc file. Captions give bytes, bpp and PSNR of the whole image.
 """
 
@@ -59,6 +59,7 @@ def main() -> None:
     ap.add_argument("--lambda", dest="lams", default="0.1,0.5,2")
     ap.add_argument("--model", default=None)
     ap.add_argument("--crop", type=int, default=256)
+    ap.add_argument("--steps", default="0,2,5", help="decoder step counts, one column each (0: z_c alone)")
     ap.add_argument("-o", "--output", required=True)
     args = ap.parse_args()
     model = load_model(args.model)
@@ -73,9 +74,10 @@ def main() -> None:
             data = codec.encode(model, original, lam).data
             bpp = 8 * len(data) / (w * h)
             tiles = [tile(original, box, f"{os.path.basename(path)}\noriginal", font)]
-            for steps in (2, 5):
+            for steps in (int(v) for v in args.steps.split(",")):
                 rec = codec.decode(model, data, steps=steps)
-                tiles.append(tile(rec, box, f"rdeic lambda {lam:g}, {steps} steps\n{len(data)} B {bpp:.3f} bpp "
+                what = "z_c alone" if steps == 0 else f"{steps} steps"
+                tiles.append(tile(rec, box, f"rdeic lambda {lam:g}, {what}\n{len(data)} B {bpp:.3f} bpp "
                                             f"{psnr(original, rec):.2f} dB", font))
             avif, caption = best_avif(original, len(data))
             tiles.append(tile(avif if avif is not None else np.full_like(original, 255), box, caption, font))
