@@ -1,8 +1,8 @@
 """Encode an image to ``.rdc`` bytes and decode it back: the RDEIC pipeline end to end.
 
-Encoder: VAE encoder feature → g_a (× gain(λ)) → h_a → hyper-latent symbols (VQ indices, or rounded z)
-→ [float64 CPU] h_s and context networks → range-coded hyper latent and y. Decoder: the same float64 parameter path → ŷ → g_s → z_c →
-relay residual diffusion (seeded from the file) → VAE decoder.
+Encoder: VAE encoder feature → g_a (× gain(λ)) → h_a → hyper-latent symbols (VQ indices, or rounded
+z) → [float64 CPU] h_s and context networks → range-coded hyper latent and y. Decoder: the same float64
+parameter path → ŷ → g_s → z_c → relay residual diffusion (seeded from the file) → VAE decoder.
 
 Every stage runs in tiles (:mod:`rdeic_codec.tiled`), so memory stays bounded for large photos; an
 image that fits one tile is processed in one piece.
