@@ -46,7 +46,7 @@ def tiny_shuffle_model(tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def tiny_hyperprior_model(tmp_path_factory):
-    """The tiny model with the small profile's autoencoder and hyperprior compression module."""
+    """The tiny model with the small profile's autoencoder and the hyperprior compression module."""
     from rdeic_codec.model import load_model
 
     return load_model(make_tiny_model(str(tmp_path_factory.mktemp("tiny-hyperprior")), profile="tiny-hyperprior"))

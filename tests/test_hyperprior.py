@@ -1,4 +1,4 @@
-"""The hyperprior compression module (the small profile's): its files decode exactly, whatever thread
+"""The hyperprior compression module (the small-hyperprior profile's): its files decode exactly, whatever thread
 count or float noise the decoder sees, its training rate is what the file costs, a golden file pins its
 bitstream, and `rdeic train --from` can put a new module on a finished model."""
 
@@ -56,8 +56,8 @@ def hyper_model(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def small_shapes_path():
-    """The small profile's hyperprior at its real shapes (96 channels of y, 64 of z), float64 entropy path."""
-    cfg = get_profile("small")
+    """The small-hyperprior profile's module at its real shapes (96 channels of y, 64 of z), float64 entropy path."""
+    cfg = get_profile("small-hyperprior")
     comp = HyperpriorModule(cfg["compression"]).double()
     scaled_init(comp, seed=0)
     return cfg, comp

@@ -24,8 +24,8 @@ SMALL_TILES = {"encoder": (192, 64), "denoiser": (192, 64), "decoder": (128, 32)
 @pytest.fixture(params=["tiny_model", "tiny_shuffle_model", "tiny_hyperprior_model"])
 def tiling(request):
     """Set a tiny model's tiles for one test (the config is restored afterwards); each test runs with
-    SD's autoencoder layout, with the small profile's ShuffleAutoencoder, and with that and the small
-    profile's hyperprior compression module."""
+    SD's autoencoder layout, with the small profile's ShuffleAutoencoder, and with that and the
+    hyperprior compression module."""
     tiny_model = request.getfixturevalue(request.param)
     saved = tiny_model.config.get("tiling")
 

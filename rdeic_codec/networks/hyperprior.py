@@ -1,12 +1,13 @@
-"""A plain mean-scale hyperprior compression module (``type`` "hyperprior"; the small profile's).
+"""A plain mean-scale hyperprior compression module (``type`` "hyperprior"; the small-hyperprior profile's).
 
 Minnen, Ballé and Toderici, "Joint Autoregressive and Hierarchical Priors for Learned Image
 Compression" (NeurIPS 2018), without the autoregressive context: y is coded with a Gaussian whose mean
 and scale come from h_s(ẑ), and the hyper latent z is rounded and coded with a zero-mean Gaussian per
-channel. It replaces the paper's compression module (VQ hyper latent, channel and checkerboard
-contexts, :mod:`.compression`) in the small profile because it learns far faster on a CPU: issue 21's
-probe gave +1.8 dB and +0.064 MS-SSIM on whole photos at 0.12 bpp after 30 CPU-minutes, against about
-4 CPU-hours of the paper design's training (docs/training.md).
+channel. It stands in for the paper's compression module (VQ hyper latent, channel and checkerboard
+contexts, :mod:`.compression`) because a design like it learned far faster on a CPU in issue 21's
+probe (+1.8 dB and +0.064 MS-SSIM on whole photos at 0.12 bpp after 30 CPU-minutes, against about
+4 CPU-hours of the paper design's training); this project's first variable-rate run of it did not
+(docs/training.md, session 9).
 
 It keeps the parts and the interface the coder runs: ``g_a``, ``h_a``, ``quantize`` (here
 :class:`GaussianHyperLatent`), ``h_s``, ``context`` (here :class:`HyperContext`, one slice whose two
