@@ -27,7 +27,8 @@ class Trainer:
         trained: the modules the stage optimises and checkpoints (name → module).
         steps: total iterations; a resumed run goes on to this count.
         lr: peak learning rate (AdamW; warm-up then cosine decay, see :mod:`.schedule`).
-        params: the parameters to optimise (default: all of ``trained``).
+        params: the parameters to optimise (default: all of ``trained``), or parameter groups (dicts with
+            ``params`` and an optional ``lr_scale``, a multiplier of the schedule's learning rate).
         warmup: warm-up iterations.
         clip: gradient-norm clipping (None: none).
         save_every: iterations between validations and checkpoints.
@@ -40,8 +41,10 @@ class Trainer:
         self.steps, self.lr, self.warmup, self.clip, self.save_every = steps, lr, warmup, clip, save_every
         for module in trained.values():
             module.to(self.rt.device)
-        self.params = list(params) if params is not None else [p for m in trained.values() for p in m.parameters()]
-        self.opt = torch.optim.AdamW(self.params, lr=lr, weight_decay=0.0)
+        groups = list(params) if params is not None else [p for m in trained.values() for p in m.parameters()]
+        # Parameter groups (dicts with "params" and an optional "lr_scale") or plain parameters.
+        self.params = [p for g in groups for p in g["params"]] if groups and isinstance(groups[0], dict) else groups
+        self.opt = torch.optim.AdamW(groups, lr=lr, weight_decay=0.0)
         meta = load_checkpoint(work_dir, trained, self.opt)
         self.start = meta["step"] if meta else 0
         # CPU seconds spent on this stage by earlier runs, so that a resumed stage's curve goes on.

@@ -13,5 +13,6 @@ def lr_factor(step: int, total: int, warmup: int = 50, floor: float = 0.1) -> fl
 
 
 def set_lr(optimizer, lr: float) -> None:
+    """Set every parameter group's learning rate: ``lr`` times the group's ``lr_scale`` (default 1)."""
     for group in optimizer.param_groups:
-        group["lr"] = lr
+        group["lr"] = lr * group.get("lr_scale", 1.0)

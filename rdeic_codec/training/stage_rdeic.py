@@ -146,6 +146,8 @@ def train_stage1(model, cache_path: str, valid_cache: str, work_dir: str, steps:
         p.requires_grad_(False)
     trained = {"compression": model.compression}
     params = None
+    if not diffusion and hasattr(model.compression, "param_groups"):
+        params = model.compression.param_groups()
     if diffusion:
         trained["control"] = model.control
         if compression_is_frozen(model):  # still checkpointed with the stage, so later stages find it
