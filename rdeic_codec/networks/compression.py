@@ -312,11 +312,11 @@ class CompressionModule(LambdaGains, nn.Module):
             shared = self.context.slice_inputs(i, hyper, hats)
             s_a, m_a = self.context.anchor_params(i, shared)
             # Straight-through rounding around the mean (the value the decoder will see).
-            hat_a = (_ste_round(ys - m_a) + m_a) * mask
+            hat_a = (ste_round(ys - m_a) + m_a) * mask
             s_n, m_n = self.context.nonanchor_params(i, shared, hat_a)
             scales = s_a * mask + s_n * (1 - mask)
             means = m_a * mask + m_n * (1 - mask)
-            residual = _ste_round(ys - means)
+            residual = ste_round(ys - means)
             hats.append(residual + means)
             if self.cfg.get("rate_proxy", "noise") == "noise":
                 residual = ys + torch.empty_like(ys).uniform_(-0.5, 0.5) - means
@@ -328,7 +328,8 @@ class CompressionModule(LambdaGains, nn.Module):
         return {"c": c, "z_c": self.out(c), "bits": bits, "vq_loss": vq_loss, "indices": indices}
 
 
-def _ste_round(x: torch.Tensor) -> torch.Tensor:
+def ste_round(x: torch.Tensor) -> torch.Tensor:
+    """round(x) forward, identity backward (the straight-through estimator)."""
     return x + (torch.round(x) - x).detach()
 
 

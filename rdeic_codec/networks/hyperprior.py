@@ -22,7 +22,7 @@ import torch
 from torch import nn
 
 from .blocks import ResidualBlock, ResidualBlockDown, ResidualBlockUp, conv3x3
-from .compression import LambdaGains, _ste_round, gaussian_bits
+from .compression import LambdaGains, gaussian_bits, ste_round
 
 # The largest |symbol| of z (the entropy section's max_symbol): the coder's Gaussian models stop there.
 MAX_SYMBOL = 4096
@@ -59,7 +59,7 @@ class GaussianHyperLatent(nn.Module):
     def forward(self, z: torch.Tensor, scale_bound: float = 0.11):
         """Returns (ẑ with a straight-through gradient, bits per image): the likelihood of the rounded
         value, which is what the range coder spends."""
-        z_hat = _ste_round(z)
+        z_hat = ste_round(z)
         scale = self.scales().clamp_min(scale_bound)[None, :, None, None]
         return z_hat, gaussian_bits(z_hat, scale).flatten(1).sum(1)
 
@@ -153,7 +153,7 @@ class HyperpriorModule(LambdaGains, nn.Module):
             y = y * gain
         z_hat, z_bits = self.quantize(self.h_a(y), scale_bound)
         scales, means = self.h_s(z_hat).chunk(2, dim=1)
-        residual = _ste_round(y - means)
+        residual = ste_round(y - means)
         bits = gaussian_bits(residual, scales.abs().clamp_min(scale_bound)).flatten(1).sum(1) + z_bits
         y_hat = residual + means
         if inv is not None:
