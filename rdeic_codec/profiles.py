@@ -174,9 +174,12 @@ SMALL = {
 # a profile of its own until a model made with it beats the shipped one on whole photos.
 HYPERPRIOR_COMPRESSION = {
     "type": "hyperprior",
-    "feature_channels": 128,
+    # g_a reads the autoencoder's 16-channel latent, as issue 21's probe did (the 128-channel feature
+    # before it learned slower: docs/training.md, session 9).
+    "input": "latent",
+    "feature_channels": 16,
     "latent_channels": 16,
-    "feature_scale": 0.18215,
+    "feature_scale": 1.0,
     "N": 128,
     "M": 96,
     "hyper_channels": 64,
@@ -273,8 +276,8 @@ TINY_SHUFFLE["compression"]["latent_channels"] = 6
 # The small profile's hyperprior compression module in miniature.
 TINY_HYPERPRIOR = copy.deepcopy(TINY_SHUFFLE)
 TINY_HYPERPRIOR["profile"] = "tiny-hyperprior"
-TINY_HYPERPRIOR["compression"] = {"type": "hyperprior", "feature_channels": 16, "latent_channels": 6,
-                                  "feature_scale": 0.18215, "N": 8, "M": 12, "hyper_channels": 8,
+TINY_HYPERPRIOR["compression"] = {"type": "hyperprior", "input": "latent", "feature_channels": 6, "latent_channels": 6,
+                                  "feature_scale": 1.0, "N": 8, "M": 12, "hyper_channels": 8,
                                   "guide_channels": 8, "lambdas": [0.1, 0.5, 2.0], "zc_pixel_weight": 1.0,
                                   "zc_latent_weight": 0.0, "train_in_diffusion_stages": False,
                                   "rate_targets": [0.05, 0.5]}

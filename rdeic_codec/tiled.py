@@ -27,7 +27,7 @@ import numpy as np
 import torch
 
 from .model import network_dtype
-from .networks.autoencoder import decode_latent, encoder_feature
+from .networks.autoencoder import decode_latent, encoder_feature, latent_from_feature
 from .tiling import TilePlan, receptive_radius, run_tiled, spans
 
 # Tile length and overlap in pixels of the image. "entropy" is part of the file format: changing it
@@ -96,10 +96,14 @@ def analysis_transform(model, image: np.ndarray, padded: tuple[int, int], to_ten
     comp = model.compression
     vae_dtype = network_dtype(model.vae)
 
+    from_latent = comp.cfg.get("input", "feature") == "latent"
+
     def y_tile(r0, r1, c0, c1):
         x = to_tensor(image_tile(image, 16 * r0, 16 * r1, 16 * c0, 16 * c1))
-        feature = encoder_feature(model.vae, x.to(vae_dtype)).float()  # float16 VAE: see use_half
-        return comp.g_a(feature * comp.cfg["feature_scale"])
+        source = encoder_feature(model.vae, x.to(vae_dtype))
+        if from_latent:  # g_a reads the latent (the encoder's last layer too), not the feature before it
+            source = latent_from_feature(model.vae, source)
+        return comp.g_a(source.float() * comp.cfg["feature_scale"])  # float16 VAE: see use_half
 
     ph, pw = padded
     return run_tiled(y_tile, ph // 16, pw // 16, _blended(tiles(model)["encoder"], 16), 1)

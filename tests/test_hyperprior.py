@@ -103,10 +103,11 @@ def test_training_rate_is_what_the_file_costs(hyper_model):
     image = smooth_image(256, 256, seed=4)
     result = codec.encode(hyper_model, image, GOLDEN_LAMBDA)
     _, payload = container.unpack(result.data)
-    from rdeic_codec.networks.autoencoder import encoder_feature
+    from rdeic_codec.networks.autoencoder import encoder_feature, latent_from_feature
 
     x = codec._to_tensor(image, "cpu")
-    out = hyper_model.compression(encoder_feature(hyper_model.vae, x), torch.tensor([GOLDEN_LAMBDA]))
+    latent = latent_from_feature(hyper_model.vae, encoder_feature(hyper_model.vae, x))  # input: "latent"
+    out = hyper_model.compression(latent, torch.tensor([GOLDEN_LAMBDA]))
     bits = float(out["bits"][0])
     assert bits > 2000
     assert 8 * len(payload) == pytest.approx(bits, rel=0.05)

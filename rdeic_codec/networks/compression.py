@@ -237,7 +237,8 @@ class LambdaGains:
 
     # -- the two halves used at coding time ---------------------------------------------------
     def analyse(self, feature: torch.Tensor, lam: torch.Tensor):
-        """Encoder side: scaled VAE feature → (gained y, hyper-latent symbols)."""
+        """Encoder side: what g_a reads (the VAE feature, or the latent for ``input: "latent"``), before
+        the feature scale → (gained y, hyper-latent symbols)."""
         return self.analyse_at(self.analysis_transform(feature), lam)
 
     def analysis_transform(self, feature: torch.Tensor) -> torch.Tensor:

@@ -89,11 +89,12 @@ class HyperContext(nn.Module):
 
 
 class HyperpriorModule(LambdaGains, nn.Module):
-    """Mean-scale hyperprior on the autoencoder's encoder feature, with λ gains.
+    """Mean-scale hyperprior on the autoencoder's latent (or encoder feature), with λ gains.
 
     Args:
-        cfg: the ``compression`` section of a profile with ``type`` "hyperprior": ``feature_channels``
-            (the autoencoder encoder's feature, at 1/8), ``N`` (g_a/g_s width), ``M`` (y's channels, at
+        cfg: the ``compression`` section of a profile with ``type`` "hyperprior": ``input`` ("latent":
+            g_a reads the autoencoder's latent; "feature", the default: its encoder feature before the
+            last layer), ``feature_channels`` (the channels of that input, at 1/8), ``N`` (g_a/g_s width), ``M`` (y's channels, at
             1/16), ``hyper_channels`` (h_a/h_s width and z's channels, at 1/64), ``guide_channels``
             (c, the control module's input), ``latent_channels`` (z_c), ``lambdas``.
     """
@@ -139,7 +140,8 @@ class HyperpriorModule(LambdaGains, nn.Module):
         the range coder spends; z's rate is added the same way.
 
         Args:
-            feature: (B, C_f, H/8, W/8) autoencoder encoder feature (before the feature scale).
+            feature: (B, C_f, H/8, W/8) what g_a reads (``input``: the latent or the encoder feature),
+                before the feature scale.
             lam: (B,) rate parameters.
             scale_bound: lower bound of the Gaussian scales (the scale table's smallest entry).
 

@@ -20,7 +20,8 @@ from .data import ImageFolderCrops
 from .file_rate import file_bpp, validation_images
 from .loop import Trainer
 from .losses import ms_ssim_loss
-from .stage_rdeic import compression_is_frozen, diffusion_stage_weight, sample_lambdas, zc_distortion
+from .stage_rdeic import (compression_is_frozen, compression_source, diffusion_stage_weight, sample_lambdas,
+                          zc_distortion)
 
 PERCEPTUAL_WEIGHT = 0.5
 
@@ -30,7 +31,7 @@ def finetune_loss(model, x: torch.Tensor, lam: torch.Tensor, steps: int, generat
         feat = encoder_feature(model.vae, x)
         z = latent_from_feature(model.vae, feat)
     with torch.set_grad_enabled(torch.is_grad_enabled() and not compression_is_frozen(model)):
-        out = model.compression(feat, lam)
+        out = model.compression(compression_source(model, feat, z), lam)
     ctx = model.unet.context
     guide = out["c"]
 

@@ -40,6 +40,12 @@ def compression_is_frozen(model) -> bool:
     return not model.compression.cfg.get("train_in_diffusion_stages", True)
 
 
+def compression_source(model, feature: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
+    """What the compression module's g_a reads: the autoencoder encoder's feature, or the latent z for
+    a module whose config says ``input: "latent"`` (the small-hyperprior profile's)."""
+    return z if model.compression.cfg.get("input", "feature") == "latent" else feature
+
+
 def sample_lambdas(n: int, lo: float, hi: float, generator) -> torch.Tensor:
     u = torch.rand(n, generator=generator)
     return torch.exp(math.log(lo) + u * (math.log(hi) - math.log(lo)))
@@ -104,7 +110,7 @@ def zc_distortion(model, z_c: torch.Tensor, z: torch.Tensor, generator=None):
 
 def compression_loss(model, feature, z, lam, generator=None):
     """The pretraining loss of the compression module alone; returns (loss, logs)."""
-    out = model.compression(feature, lam)
+    out = model.compression(compression_source(model, feature, z), lam)
     lam = distortion_weight(model, lam)
     dist, logs = zc_distortion(model, out["z_c"], z, generator)
     bpp = out["bits"] / (z.shape[2] * z.shape[3] * 64)
@@ -115,7 +121,7 @@ def compression_loss(model, feature, z, lam, generator=None):
 def stage1_loss(model, feature, z, lam, t, ab, relay_start: int, generator):
     """One stage-1 loss evaluation; returns (loss, logs)."""
     with torch.set_grad_enabled(torch.is_grad_enabled() and not compression_is_frozen(model)):
-        out = model.compression(feature, lam)
+        out = model.compression(compression_source(model, feature, z), lam)
     lam = diffusion_stage_weight(model, lam)
     z_c = out["z_c"]
     lam_r = math.sqrt(1.0 / float(ab[relay_start]) - 1.0)
