@@ -188,9 +188,10 @@ HYPERPRIOR_COMPRESSION = {
     "lambdas": [0.1, 0.25, 0.5, 1.0, 2.0],
     # Training only: z_c's distortion is the MSE of what the frozen decoder makes of it against what
     # it makes of the true latent (images in [−1, 1]; see stage_rdeic.zc_distortion), weighted by
-    # distortion_scale·λ^distortion_power. The weights put λ = 0.1 near 0.03 bpp and λ = 2 near
-    # 0.12 on whole photos (issue 21's fixed-λ probes: 8-bit MSE weights 1e-4 → 0.06 bpp,
-    # 6e-4 → 0.12; 2·w·MSE in [−1, 1] = 16256·w·MSE in 8-bit units).
+    # distortion_scale·λ^distortion_power, aimed at λ = 0.1 near 0.03 bpp and λ = 2 near 0.12 on whole
+    # photos from issue 21's fixed-λ probes (8-bit MSE weights 1e-4 → 0.06 bpp, 6e-4 → 0.12; 2·w·MSE in
+    # [−1, 1] = 16256·w·MSE in 8-bit units). Run A's λ = 2 came out at 0.16–0.22 bpp instead
+    # (docs/training.md, session 9): rate_targets below brings the written model's range back.
     "distortion_scale": 1.76,
     "distortion_power": 1.34,
     "zc_pixel_weight": 1.0,
@@ -273,7 +274,7 @@ TINY_SHUFFLE["vae"] = {"type": "shuffle", "in_channels": 3, "latent_channels": 6
 TINY_SHUFFLE["unet"].update(in_channels=6, out_channels=6)
 TINY_SHUFFLE["compression"]["latent_channels"] = 6
 
-# The small profile's hyperprior compression module in miniature.
+# The small-hyperprior profile's compression module in miniature.
 TINY_HYPERPRIOR = copy.deepcopy(TINY_SHUFFLE)
 TINY_HYPERPRIOR["profile"] = "tiny-hyperprior"
 TINY_HYPERPRIOR["compression"] = {"type": "hyperprior", "input": "latent", "feature_channels": 6, "latent_channels": 6,
