@@ -197,7 +197,7 @@ HYPERPRIOR_COMPRESSION = {
     "zc_pixel_weight": 1.0,
     "zc_latent_weight": 0.0,
     "zc_msssim_weight": 0.0,
-    # Written model: the λ range is mapped onto at most these mean file rates (bpp) at λ = 0.1 and 2,
+    # Written model: the λ range is mapped onto these mean file rates (bpp) at λ = 0.1 and 2,
     # measured on 24 training photos (rdeic_codec/training/rate_calibration.py): the issue-21 range
     # (λ = 0.1 → ≤ 0.03, λ = 2 → 0.10–0.14) with a margin for varied photos.
     "rate_targets": [0.027, 0.125],
