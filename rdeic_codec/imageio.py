@@ -214,6 +214,10 @@ def read_input(path: str) -> bytes:
         raise ImageError(f"cannot read {path}: {e.strerror}") from None
 
 
+# Names of an open file descriptor: the file behind one (`> file`) is the caller's, written into.
+FD_PATHS = ("/dev/stdout", "/dev/stderr", "/dev/fd/", "/proc/self/fd/")
+
+
 def is_stream(path: str) -> bool:
     """Whether ``path`` (links followed) exists and is not a regular file or a folder: a device, a FIFO, a
     socket. Such an output is written into; a file renamed over it would replace it."""
@@ -225,9 +229,6 @@ def is_stream(path: str) -> bool:
         return False
     return not (stat.S_ISREG(mode) or stat.S_ISDIR(mode))
 
-
-# Names of an open file descriptor: the file behind one (`> file`) is the caller's, written into.
-FD_PATHS = ("/dev/stdout", "/dev/stderr", "/dev/fd/", "/proc/self/fd/")
 
 
 class WriteError(ImageError):

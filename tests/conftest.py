@@ -66,3 +66,13 @@ def smooth_image(height: int, width: int, seed: int = 0) -> np.ndarray:
     base = np.stack([np.sin(6 * xx + 1), np.cos(5 * yy), np.sin(4 * (xx + yy))], axis=2)
     img = 127 + 90 * base + rng.normal(0, 8, (height, width, 3))
     return np.clip(img, 0, 255).astype(np.uint8)
+
+
+@pytest.fixture
+def src_png(tmp_path):
+    """A small synthetic PNG in the test's folder (the input of the CLI fault tests)."""
+    from PIL import Image
+
+    path = tmp_path / "in.png"
+    Image.fromarray(smooth_image(24, 40)).save(path)
+    return path

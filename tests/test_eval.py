@@ -61,15 +61,21 @@ def model_dir(tmp_path_factory) -> str:
     return folder
 
 
-@pytest.fixture(scope="module")
-def image_dir(tmp_path_factory) -> Path:
-    folder = tmp_path_factory.mktemp("images")
+def write_photos(folder: Path) -> Path:
+    """The synthetic photos of :data:`SIZES` in ``folder`` (created if needed)."""
+    folder.mkdir(parents=True, exist_ok=True)
     for i, (name, (h, w)) in enumerate(SIZES.items()):
         yy, xx = np.mgrid[0:h, 0:w]
         img = np.stack([128 + 100 * np.sin(xx / 7.0 + i), 128 + 80 * np.cos(yy / 5.0 + xx / 11.0),
                         (2 * xx + yy) % 256], axis=-1)
         img = img + np.random.default_rng(i).normal(0, 8, img.shape)
         Image.fromarray(np.clip(img, 0, 255).astype(np.uint8)).save(folder / name)
+    return folder
+
+
+@pytest.fixture(scope="module")
+def image_dir(tmp_path_factory) -> Path:
+    folder = write_photos(tmp_path_factory.mktemp("images"))
     (folder / "notes.txt").write_text("not an image; ignored")
     return folder
 

@@ -24,7 +24,8 @@ from rdeic_codec.evaluation.cache import CACHE_FORMAT, BaselineCache, pixels_sha
 from rdeic_codec.model import RDEICModel, save_model
 from rdeic_codec.profiles import get_profile
 
-SIZES = {"a_landscape.png": (96, 128), "b_portrait.png": (128, 96)}  # (H, W); NIQE needs >= 96x96
+from test_eval import write_photos  # the same synthetic photos as the eval tests
+
 BASELINE_FIELDS = ("codec", "target_bpp", "reachable", "min_bpp", "setting", "bytes", "bpp", "psnr",
                    "ms_ssim", "niqe", "encode_s", "decode_s", "file")
 
@@ -55,20 +56,9 @@ def models(tmp_path_factory) -> dict[str, str]:
     torch.set_num_threads(before)
 
 
-def _write_photos(folder: Path) -> Path:
-    folder.mkdir(parents=True, exist_ok=True)
-    for i, (name, (h, w)) in enumerate(SIZES.items()):
-        yy, xx = np.mgrid[0:h, 0:w]
-        img = np.stack([128 + 100 * np.sin(xx / 7.0 + i), 128 + 80 * np.cos(yy / 5.0 + xx / 11.0),
-                        (2 * xx + yy) % 256], axis=-1)
-        img = img + np.random.default_rng(i).normal(0, 8, img.shape)
-        Image.fromarray(np.clip(img, 0, 255).astype(np.uint8)).save(folder / name)
-    return folder
-
-
 @pytest.fixture
 def photos(tmp_path) -> Path:
-    return _write_photos(tmp_path / "photos")
+    return write_photos(tmp_path / "photos")
 
 
 @pytest.fixture
@@ -147,7 +137,7 @@ def test_changed_photo_misses_the_cache(tmp_path, models, photos, jpeg_calls):
     cache = tmp_path / "cache"
     _eval(photos, models["a"], tmp_path / "a", "--cache", cache)
     jpeg_calls.clear()
-    changed = _write_photos(tmp_path / "changed")
+    changed = write_photos(tmp_path / "changed")
     with Image.open(changed / "b_portrait.png") as im:
         pixels = np.array(im)
     pixels[0, 0] ^= 1  # one pixel, one bit

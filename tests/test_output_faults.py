@@ -62,13 +62,6 @@ def model(tiny_model_dir):
 
 
 @pytest.fixture
-def src_png(tmp_path):
-    path = tmp_path / "in.png"
-    Image.fromarray(smooth_image(24, 40)).save(path)
-    return path
-
-
-@pytest.fixture
 def rdc_file(tmp_path, src_png, model):
     path = tmp_path / "a.rdc"
     assert invoke("encode", src_png, path, *model).exit_code == 0

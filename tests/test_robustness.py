@@ -93,13 +93,6 @@ def image_bytes(image: Image.Image, fmt: str, **kwargs) -> bytes:
 
 
 @pytest.fixture
-def src_png(tmp_path):
-    path = tmp_path / "in.png"
-    Image.fromarray(smooth_image(24, 40)).save(path)
-    return path
-
-
-@pytest.fixture
 def rdc_file(tmp_path, rdc_sample):
     path = tmp_path / "a.rdc"
     path.write_bytes(rdc_sample)

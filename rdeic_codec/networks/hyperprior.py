@@ -67,19 +67,15 @@ class GaussianHyperLatent(nn.Module):
 class HyperContext(nn.Module):
     """The entropy parameters of a plain hyperprior: h_s's output split into (scales, means).
 
-    It has the interface of :class:`~.compression.EntropyContext` with one slice and no learned context,
-    so :func:`~rdeic_codec.entropy.latent_coder.walk_slices` codes y with it unchanged (its anchor and
-    non-anchor passes get the same parameters).
+    It has the coder's side of :class:`~.compression.EntropyContext`'s interface with one slice (so no
+    channel context) and no learned context, so :func:`~rdeic_codec.entropy.latent_coder.walk_slices`
+    codes y with it unchanged (its anchor and non-anchor passes get the same parameters).
     """
 
     def __init__(self, channels: int):
         super().__init__()
         self.slices = [channels]
         self.local_context = nn.ModuleList([nn.Identity()])  # no spatial context: nothing to reach
-        self.channel_context = nn.ModuleList([nn.Identity()])
-
-    def slice_inputs(self, i: int, hyper: torch.Tensor, previous: list[torch.Tensor]) -> list[torch.Tensor]:
-        return [hyper]
 
     def anchor_params(self, i: int, shared: list[torch.Tensor]):
         return shared[-1].chunk(2, dim=1)

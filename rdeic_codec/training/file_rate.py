@@ -13,7 +13,7 @@ import numpy as np
 
 from .data import list_images, load_rgb
 
-_PLACEHOLDER_ID = "00000000"  # a model in training has no id yet; the header needs one
+PLACEHOLDER_ID = "00000000"  # a model in training has no id yet; the header needs one
 
 
 def validation_images(folder: str, count: int = 4, side: int = 256) -> list[np.ndarray]:
@@ -34,7 +34,7 @@ def file_bpp(model, images: list[np.ndarray], lam: float) -> float:
     """Mean bits per pixel of the ``.rdc`` files :func:`rdeic_codec.codec.encode` writes for ``images``."""
     from .. import codec
 
-    model.config.setdefault("model_id", _PLACEHOLDER_ID)
+    model.config.setdefault("model_id", PLACEHOLDER_ID)
     model._entropy_path = None  # the float64 copy of the entropy networks must follow the current weights
     try:
         sizes = [len(codec.encode(model, im, lam).data) * 8 / (im.shape[0] * im.shape[1]) for im in images]

@@ -29,8 +29,9 @@ def measure_rates(model, images: list[np.ndarray], lambdas: np.ndarray) -> np.nd
         lambdas: the λ values.
     """
     from .. import codec
+    from .file_rate import PLACEHOLDER_ID
 
-    model.config.setdefault("model_id", "00000000")  # a model in training has no id yet; a header needs one
+    model.config.setdefault("model_id", PLACEHOLDER_ID)
     model._entropy_path = None  # the float64 copy must follow the current weights
     rates = np.zeros(len(lambdas))
     for image in images:
