@@ -211,6 +211,9 @@ HYPERPRIOR_COMPRESSION = {
 SMALL_HYPERPRIOR = copy.deepcopy(SMALL)
 SMALL_HYPERPRIOR["profile"] = "small-hyperprior"
 SMALL_HYPERPRIOR["compression"] = HYPERPRIOR_COMPRESSION
+# Training only (rdeic train's iterations per stage; --steps overrides): the hyperprior's compression stage
+# was still rising at 3,000 (docs/training.md, session 9); stages 1 and 2 train the control module alone.
+SMALL_HYPERPRIOR["stage_steps"] = {"compression": 6000, "stage1": 1200, "finetune": 800}
 
 TINY = {
     "profile": "tiny",

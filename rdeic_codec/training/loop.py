@@ -49,6 +49,8 @@ class Trainer:
         self.start = meta["step"] if meta else 0
         # CPU seconds spent on this stage by earlier runs, so that a resumed stage's curve goes on.
         self.cpu_before = float((meta or {}).get("extra", {}).get("cpu_s", 0.0))
+        # The process's CPU time so far belongs to earlier stages of the same `rdeic train` run.
+        self.cpu_start = time.process_time()
         self.progress = Progress(steps, self.start, name, enabled=self.rt.is_main)
 
     @property
@@ -92,7 +94,7 @@ class Trainer:
 
     def cpu_seconds(self) -> float:
         """CPU time (all threads of this process) this stage has cost so far, earlier runs included."""
-        return self.cpu_before + time.process_time()
+        return self.cpu_before + time.process_time() - self.cpu_start
 
     def _validate(self, validate, step: int, t0: float) -> None:
         self._mode(train=False)

@@ -56,8 +56,9 @@ def run(train_dir: str, valid_dir: str, work: str, output: str | None, profile: 
 
     # The autoencoder's counts reach 30 dB with the small profile's ShuffleAutoencoder (docs/training.md);
     # the others are those of the shipped model (see its model card), which the later stages need more of.
+    # A profile may set its own counts (``stage_steps``, training only); --steps overrides both.
     steps = {"autoencoder": 4500, "decoder": 1000, "denoiser": 2100, "compression": 1800, "stage1": 2200, "finetune": 2000,
-             **(steps or {})}
+             **get_profile(profile).get("stage_steps", {}), **(steps or {})}
     rt = runtime(device)
     if not rt.is_main:
         log = _quiet
@@ -72,6 +73,7 @@ def run(train_dir: str, valid_dir: str, work: str, output: str | None, profile: 
             config["compression"] = get_profile(profile)["compression"]
     else:
         config = get_profile(profile)
+    config.pop("stage_steps", None)
     os.makedirs(work, exist_ok=True)
     if start_from and rt.is_main:
         from .from_model import seed_work_from_model

@@ -187,8 +187,10 @@ def train_stage1(model, cache_path: str, valid_cache: str, work_dir: str, steps:
         g = torch.Generator().manual_seed(0)
         rows = []
         for lv in (0.1, 0.5, 2.0):
+            # At the relay start, where decoding begins (the small profile's 150, not the paper's 299:
+            # stage 1 never trains beyond it, so a later t would measure nothing it learns).
             _, lg = loss_fn(feat_valid, z_valid, torch.full((8,), lv, device=dev),
-                            torch.full((8,), 299, device=dev), g)
+                            torch.full((8,), dcfg["relay_start"], device=dev), g)
             if real_images:
                 lg["file_bpp"] = file_bpp(model, real_images, lv)
             rows.append(f"λ={lv}: " + " ".join(f"{k} {v:.4f}" for k, v in lg.items()))
