@@ -36,7 +36,7 @@ bench: setup
 	$(PY) benchmarks/bench.py
 
 train: setup
-	$(PY) bin/rdeic train $(TRAIN_DIR) $(VALID_DIR) --work $(WORK) -o models/rdeic-small
+	$(PY) bin/rdeic train $(TRAIN_DIR) $(VALID_DIR) --work $(WORK) --profile small-hyperprior -o models/rdeic-small
 
 eval: setup
 	bash tools/install-baselines.sh

@@ -402,9 +402,10 @@ def info(input_path):
 @click.option("--steps", "step_overrides", multiple=True, metavar="STAGE=N",
               help="Iterations of a stage, e.g. --steps stage1=5000 (repeatable).")
 @click.option("--seed", type=int, default=0, show_default=True)
-@click.option("--profile", type=click.Choice(["small", "small-hyperprior", "tiny"]), default="small",
+@click.option("--profile", type=click.Choice(["small", "small-hyperprior", "tiny"]), default="small-hyperprior",
               show_default=True,
-              help="Network sizes (small-hyperprior: a mean-scale hyperprior compression module; tiny: a few "
+              help="Network sizes and recipe (small-hyperprior: the shipped model's, a mean-scale hyperprior "
+                   "compression module; small: the earlier models', the paper's compression module; tiny: a few "
                    "thousand parameters, for trying the pipeline in seconds).")
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True,
               help="Where to train (under torchrun, each process takes the GPU of its LOCAL_RANK).")
