@@ -185,3 +185,20 @@ def test_decoder_stage_noise_reaches_half_the_batch():
     assert torch.equal(noisy[0::2], z[0::2])  # clean half: the reconstruction stays sharp
     diff = (noisy[1::2] - z[1::2]).flatten(1).std(1)
     assert (diff > 0).all() and (diff < 0.3 * 1.1).all()
+
+
+def test_a_profile_sets_its_own_stage_counts(folders, tmp_path, monkeypatch):
+    """A profile's ``stage_steps`` set the iterations of its stages (the small-hyperprior recipe's), and
+    --steps still overrides them."""
+    import json
+
+    from rdeic_codec import profiles
+
+    tiny = dict(profiles.PROFILES["tiny-shuffle"], stage_steps={"autoencoder": 2, "decoder": 3})
+    monkeypatch.setitem(profiles.PROFILES, "tiny-shuffle", tiny)
+    work = tmp_path / "work"
+    pipeline.run(str(folders / "train"), str(folders / "valid"), str(work), None, profile="tiny-shuffle",
+                 stages=("autoencoder", "decoder"), steps={"decoder": 1}, log=lambda m: None)
+    for stage, expected in (("autoencoder", 2), ("decoder", 1)):
+        with open(work / stage / "state.json") as f:
+            assert json.load(f)["step"] == expected, stage
