@@ -96,12 +96,10 @@ def analysis_transform(model, image: np.ndarray, padded: tuple[int, int], to_ten
     comp = model.compression
     vae_dtype = network_dtype(model.vae)
 
-    from_latent = comp.cfg.get("input", "feature") == "latent"
-
     def y_tile(r0, r1, c0, c1):
         x = to_tensor(image_tile(image, 16 * r0, 16 * r1, 16 * c0, 16 * c1))
         source = encoder_feature(model.vae, x.to(vae_dtype))
-        if from_latent:  # g_a reads the latent (the encoder's last layer too), not the feature before it
+        if comp.reads_latent:  # g_a reads the latent (the encoder's last layer too), not the feature before it
             source = latent_from_feature(model.vae, source)
         return comp.g_a(source.float() * comp.cfg["feature_scale"])  # float16 VAE: see use_half
 

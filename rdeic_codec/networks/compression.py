@@ -211,6 +211,12 @@ class LambdaGains:
         else:
             self.log_lambdas = None
 
+    @property
+    def reads_latent(self) -> bool:
+        """Whether g_a reads the autoencoder's latent (config ``input: "latent"``) instead of the encoder
+        feature before the latent's last layer (the paper's, and the default)."""
+        return self.cfg.get("input", "feature") == "latent"
+
     # -- rate control -------------------------------------------------------------------------
     @property
     def lambda_range(self) -> tuple[float, float] | None:

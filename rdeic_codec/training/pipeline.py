@@ -57,8 +57,9 @@ def run(train_dir: str, valid_dir: str, work: str, output: str | None, profile: 
     # The autoencoder's counts reach 30 dB with the small profile's ShuffleAutoencoder (docs/training.md);
     # the others are those of the shipped model (see its model card), which the later stages need more of.
     # A profile may set its own counts (``stage_steps``, training only); --steps overrides both.
+    recipe = get_profile(profile)
     steps = {"autoencoder": 4500, "decoder": 1000, "denoiser": 2100, "compression": 1800, "stage1": 2200, "finetune": 2000,
-             **get_profile(profile).get("stage_steps", {}), **(steps or {})}
+             **recipe.pop("stage_steps", {}), **(steps or {})}
     rt = runtime(device)
     if not rt.is_main:
         log = _quiet
@@ -70,10 +71,9 @@ def run(train_dir: str, valid_dir: str, work: str, output: str | None, profile: 
         if "compression" in stages:
             # A new compression module on the model's autoencoder and denoiser: the profile's design, and
             # the stages that train it (and the control module it guides) start afresh.
-            config["compression"] = get_profile(profile)["compression"]
+            config["compression"] = recipe["compression"]
     else:
-        config = get_profile(profile)
-    config.pop("stage_steps", None)
+        config = recipe
     os.makedirs(work, exist_ok=True)
     if start_from and rt.is_main:
         from .from_model import seed_work_from_model

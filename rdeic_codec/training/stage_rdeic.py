@@ -43,7 +43,7 @@ def compression_is_frozen(model) -> bool:
 def compression_source(model, feature: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
     """What the compression module's g_a reads: the autoencoder encoder's feature, or the latent z for
     a module whose config says ``input: "latent"`` (the small-hyperprior profile's)."""
-    return z if model.compression.cfg.get("input", "feature") == "latent" else feature
+    return z if model.compression.reads_latent else feature
 
 
 def sample_lambdas(n: int, lo: float, hi: float, generator) -> torch.Tensor:
@@ -187,8 +187,8 @@ def train_stage1(model, cache_path: str, valid_cache: str, work_dir: str, steps:
         g = torch.Generator().manual_seed(0)
         rows = []
         for lv in (0.1, 0.5, 2.0):
-            # At the relay start, where decoding begins (the small profile's 150, not the paper's 299:
-            # stage 1 never trains beyond it, so a later t would measure nothing it learns).
+            # At the relay start, where decoding begins: stage 1 never trains beyond it, so a later t
+            # (the paper's 299 in a small profile) would measure nothing it learns.
             _, lg = loss_fn(feat_valid, z_valid, torch.full((8,), lv, device=dev),
                             torch.full((8,), dcfg["relay_start"], device=dev), g)
             if real_images:
