@@ -20,7 +20,7 @@ from . import container, tiled
 from .entropy.latent_coder import GaussianModels, LatentDecoder, LatentEncoder
 from .entropy.tables import ScaleTable
 from .model import network_dtype
-from .networks.control import unet_forward
+from .networks.control import controlled_prediction
 from .sampler import MAX_STEPS, relay_sample
 
 PAD = 64  # total downsampling of the model: H/8 (VAE) × 1/2 (g_a) × 1/4 (h_a)
@@ -207,7 +207,8 @@ def decode(model, data: bytes, steps: int = 5, detail: float = 1.0, max_pixels: 
         model: the model the file was made with.
         data: the file's bytes.
         steps: denoising steps (0: the VAE decodes z_c alone, a fast preview; 1..10).
-        detail: guidance s between the bare UNet (0) and the controlled one (1); >1 sharpens.
+        detail: guidance s: 1 as trained, >1 sharpens; 0 is the bare UNet, or z_c itself for an
+            anchored control module (:func:`.networks.control.controlled_prediction`).
         max_pixels: refuse larger declared sizes before allocating anything.
         progress: optional callable(k, steps).
     """
@@ -228,17 +229,13 @@ def decode(model, data: bytes, steps: int = 5, detail: float = 1.0, max_pixels: 
         dtype = network_dtype(model.unet)
         guide = guide.to(dtype)
 
-        def eps_fn(x, t, guide):
-            x = x.to(dtype)
-            controlled = unet_forward(model.unet, x, t, context, model.control(x, t, guide, context)) if detail else None
-            if detail == 1.0:
-                return controlled.float()
-            bare = unet_forward(model.unet, x, t, context).float()
-            return bare if controlled is None else bare + detail * (controlled.float() - bare)
+        def model_fn(x, t, guide, z_c):
+            return controlled_prediction(model.unet, model.control, x.to(dtype), t, context, guide, z_c, detail,
+                                         model.config["diffusion"])
 
         generator = torch.Generator().manual_seed(seed)
-        latent = relay_sample(model.config["diffusion"], z_c, tiled.tiled_eps(model, eps_fn, guide), steps,
-                              generator, progress)
+        latent = relay_sample(model.config["diffusion"], z_c, tiled.tiled_prediction(model, model_fn, guide, z_c),
+                              steps, generator, progress, model.control.prediction_type)
     del guide
     # SD's VAE decoder (paper profile) at full resolution needs far more memory than the rest: its tiles
     # are 512 px, as diffusers' own tiling.

@@ -290,8 +290,13 @@ TINY_HYPERPRIOR["compression"] = {"type": "hyperprior", "input": "latent", "feat
                                   "zc_latent_weight": 0.0, "train_in_diffusion_stages": False,
                                   "rate_targets": [0.05, 0.5]}
 
+# The anchored control module (x̂0 = z_c + head(h); networks/control.py) in miniature.
+TINY_ANCHORED = copy.deepcopy(TINY_HYPERPRIOR)
+TINY_ANCHORED["profile"] = "tiny-anchored"
+TINY_ANCHORED["control"]["prediction"] = "anchored"
+
 PROFILES = {"paper": PAPER, "small": SMALL, "small-hyperprior": SMALL_HYPERPRIOR, "tiny": TINY, "tiny-shuffle": TINY_SHUFFLE,
-            "tiny-hyperprior": TINY_HYPERPRIOR}
+            "tiny-hyperprior": TINY_HYPERPRIOR, "tiny-anchored": TINY_ANCHORED}
 
 REQUIRED_SECTIONS = ("profile", "vae", "unet", "context_shape", "control", "compression", "diffusion", "entropy")
 

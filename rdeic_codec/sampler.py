@@ -67,17 +67,22 @@ def predict_x0(x: torch.Tensor, eps: torch.Tensor, alpha_bar: float) -> torch.Te
     return x / alpha_bar**0.5 - (1.0 / alpha_bar - 1.0) ** 0.5 * eps
 
 
-def relay_sample(cfg: dict, z_c: torch.Tensor, eps_fn, steps: int, generator: torch.Generator,
-                 progress=None) -> torch.Tensor:
+PREDICTION_TYPES = ("epsilon", "sample")
+
+
+def relay_sample(cfg: dict, z_c: torch.Tensor, model_fn, steps: int, generator: torch.Generator,
+                 progress=None, prediction_type: str = "epsilon") -> torch.Tensor:
     """Run the relay sampler.
 
     Args:
         cfg: the ``diffusion`` section of a profile.
         z_c: (B, 4, h, w) latent predicted by the compression module.
-        eps_fn: ``eps_fn(x, t) → ε̂`` (the controlled UNet, with detail guidance applied).
+        model_fn: ``model_fn(x, t)`` → the controlled UNet's prediction, with detail guidance applied.
         steps: number of denoising steps (1..10).
         generator: a CPU generator; all noise is drawn on the CPU so that it is the same on every device.
         progress: optional callable(k, steps) called after each step.
+        prediction_type: what ``model_fn`` returns (diffusers' names): the noise ε̂ (``"epsilon"``, the
+            paper's) or the latent ẑ0 itself (``"sample"``, the anchored control module's).
 
     Returns:
         the denoised latent ẑ0.
@@ -85,11 +90,13 @@ def relay_sample(cfg: dict, z_c: torch.Tensor, eps_fn, steps: int, generator: to
     def noise_like(x):
         return torch.randn(x.shape, generator=generator, dtype=torch.float32).to(x.device, x.dtype)
 
+    if prediction_type not in PREDICTION_TYPES:
+        raise ValueError(f"unknown prediction type {prediction_type!r}")
     x = relay_start(cfg, z_c, noise_like(z_c))
     coeffs = step_coefficients(cfg, steps)
     for k, co in enumerate(coeffs):
-        eps = eps_fn(x, co.t)
-        x0 = predict_x0(x, eps, co.alpha_bar)
+        out = model_fn(x, co.t)
+        x0 = predict_x0(x, out, co.alpha_bar) if prediction_type == "epsilon" else out
         x = co.c1 * x0 + co.c2 * x
         if co.sigma > 0:
             x = x + co.sigma * noise_like(x)

@@ -308,19 +308,20 @@ def synthesise(model, y_hat: torch.Tensor, lam_t: torch.Tensor):
                      y_hat.shape[2], y_hat.shape[3], plan, 2)
 
 
-def tiled_eps(model, eps_fn, guide: torch.Tensor):
-    """Wrap ``eps_fn(x, t, guide)`` into the sampler's ``eps(x, t)``, evaluated in blended tiles of
-    the latent (aligned to 8 positions, the UNet's own downsampling)."""
+def tiled_prediction(model, model_fn, *conditions: torch.Tensor):
+    """Wrap ``model_fn(x, t, *conditions)`` into the sampler's ``model_fn(x, t)``, evaluated in blended
+    tiles of the latent (aligned to 8 positions, the UNet's own downsampling). ``conditions`` (the guide
+    c, z_c) have the latent's height and width and are cut into the same tiles."""
     plan = _blended(tiles(model)["denoiser"], 64)
 
-    def eps(x, t):
+    def predict(x, t):
         def tile(r0, r1, c0, c1):
             rows, cols = slice(8 * r0, 8 * r1), slice(8 * c0, 8 * c1)
-            return eps_fn(x[..., rows, cols], t, guide[..., rows, cols])
+            return model_fn(x[..., rows, cols], t, *(c[..., rows, cols] for c in conditions))
 
         return run_tiled(tile, x.shape[2] // 8, x.shape[3] // 8, plan, 8)
 
-    return eps
+    return predict
 
 
 def decode_image(model, latent: torch.Tensor, height: int, width: int, to_uint8) -> np.ndarray:

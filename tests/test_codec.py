@@ -100,3 +100,24 @@ def test_half_precision_decodes_the_same_files_to_nearly_the_same_pixels(tiny_mo
     half_data = codec.encode(half, image, 1.0).data
     assert codec.decode(tiny_model, half_data, steps=2).shape == image.shape
     assert abs(len(half_data) - len(data)) <= 0.05 * len(data) + 4
+
+
+def test_an_anchored_control_module_starts_from_z_c_and_detail_0_keeps_it(tmp_path):
+    """The anchored prediction (networks/control.py): untrained, one step (at the relay start) decodes to
+    z_c's pixels; trained, the steps change the image, ``--detail 0`` gives z_c back and the same file
+    the same pixels."""
+    from rdeic_codec.model import load_model
+
+    from conftest import make_tiny_model
+
+    model = load_model(make_tiny_model(str(tmp_path / "m"), profile="tiny-anchored"))
+    data = codec.encode(model, smooth_image(64, 96), 0.5).data
+    z_c = codec.decode(model, data, steps=0)
+    assert np.array_equal(codec.decode(model, data, steps=1), z_c)
+    torch.nn.init.normal_(model.control.anchor_head.weight, std=0.05)  # as if trained
+    stepped = codec.decode(model, data, steps=2)
+    assert not np.array_equal(stepped, z_c)
+    assert np.array_equal(codec.decode(model, data, steps=2), stepped)
+    assert np.array_equal(codec.decode(model, data, steps=5, detail=0.0), z_c)
+    sharper = codec.decode(model, data, steps=2, detail=1.5)
+    assert np.abs(sharper.astype(int) - z_c).mean() > np.abs(stepped.astype(int) - z_c).mean()

@@ -177,6 +177,34 @@ def test_zc_pixel_distortion_measures_the_decoded_image(profile):
     assert (with_msssim > dist).all() and 0 < logs["msssim_zc"] < 1
 
 
+def test_an_anchored_stage_1_starts_at_z_c_and_trains_its_head(folders, tmp_path):
+    """Stage 1 of an anchored control module: before training, its prediction at the relay start is z_c
+    exactly (so its error equals z_c's), and stages 1 and 2 move the zero-initialised head."""
+    from rdeic_codec.model import RDEICModel
+    from rdeic_codec.profiles import get_profile
+    from rdeic_codec.sampler import alphas_cumprod
+    from rdeic_codec.training.stage_rdeic import stage1_loss
+
+    torch.manual_seed(0)
+    model = RDEICModel(get_profile("tiny-anchored")).eval()
+    ch = model.config["unet"]["in_channels"]
+    z = torch.randn(2, ch, 16, 16)
+    cfg = model.config["diffusion"]
+    ab = torch.tensor(alphas_cumprod(cfg), dtype=torch.float32)
+    _, logs = stage1_loss(model, z, z, torch.tensor([0.1, 2.0]), torch.tensor([cfg["relay_start"]] * 2), ab,
+                          cfg["relay_start"], torch.Generator().manual_seed(0))
+    out = model.compression(z, torch.tensor([0.1, 2.0]))
+    assert logs["mse_x0"] == pytest.approx((out["z_c"] - z).pow(2).mean().item(), rel=1e-6)
+
+    work, dest = tmp_path / "work", tmp_path / "model"
+    pipeline.run(str(folders / "train"), str(folders / "valid"), str(work), str(dest), profile="tiny-anchored",
+                 steps={name: 1 for name in pipeline.STAGES} | {"stage1": 2, "finetune": 2}, log=lambda m: None)
+    trained = load_model(str(dest))
+    assert trained.control.anchor_head.weight.abs().sum().item() > 0  # the written model keeps the head
+    image = smooth_image(64, 64)
+    assert codec.decode(trained, codec.encode(trained, image, 1.0).data, steps=2).shape == image.shape
+
+
 def test_decoder_stage_noise_reaches_half_the_batch():
     from rdeic_codec.training.stage_decoder import add_latent_noise
 

@@ -40,7 +40,7 @@ from rdeic_codec.entropy.latent_coder import GaussianModels, LatentEncoder  # no
 from rdeic_codec.entropy.tables import ScaleTable  # noqa: E402
 from rdeic_codec.networks.autoencoder import decode_latent, encoder_feature  # noqa: E402
 from rdeic_codec.networks.compression import anchor_mask  # noqa: E402
-from rdeic_codec.networks.control import unet_forward  # noqa: E402
+from rdeic_codec.networks.control import controlled_prediction  # noqa: E402
 from rdeic_codec.profiles import get_profile  # noqa: E402
 from rdeic_codec.sampler import relay_sample  # noqa: E402
 
@@ -150,12 +150,12 @@ def pixels(model, y_hat, steps=2, seed=1234):
     with torch.no_grad():
         lam = torch.tensor([LAMBDA])
         guide, z_c = model.compression.synthesise(y_hat.float(), lam)
-        ctx = model.unet.context
+        def model_fn(x, t):
+            return controlled_prediction(model.unet, model.control, x, t, model.unet.context, guide, z_c,
+                                         diffusion=model.config["diffusion"])
 
-        def eps_fn(x, t):
-            return unet_forward(model.unet, x, t, ctx, model.control(x, t, guide, ctx))
-
-        latent = relay_sample(model.config["diffusion"], z_c, eps_fn, steps, torch.Generator().manual_seed(seed))
+        latent = relay_sample(model.config["diffusion"], z_c, model_fn, steps, torch.Generator().manual_seed(seed),
+                              prediction_type=model.control.prediction_type)
         return codec._to_uint8(decode_latent(model.vae, latent))
 
 

@@ -5,6 +5,21 @@ concat[x_t, c]. Its 25 (for SD) zero-initialised 1×1 convs are **added to the h
 frozen UNet: after each encoder unit (conv_in, each resnet/attention pair, each downsampler), to the
 middle output, and before each decoder unit. diffusers' ControlNet interface only adds to the skip
 connections, so :func:`unet_forward` walks the UNet's blocks itself.
+
+What the controlled UNet predicts is the control section's ``prediction``:
+
+- ``"epsilon"`` (the paper's, the default): the noise ε̂, as the base denoiser does.
+- ``"anchored"`` (our addition, issue 22): the latent itself, anchored on z_c,
+
+      x̂0 = r_t·z_c + (1 − r_t)·x̂0_ε + head(h),   r_t = σ_t/σ_N,  σ_t = √(1/ᾱ_t − 1),
+
+  where x̂0_ε is the controlled UNet's own prediction from its ε̂, h its last hidden state, ``head`` a
+  zero-initialised 3×3 conv of the control module, and N the relay start. r_t is z_c's share in the
+  mean of stage 1's x_t/√ᾱ_t (method file, section 6: ε' = ε + (z_c − z)/λ_r), 1 at the relay start and
+  about 0.1 at t = 0. So before any training the first step predicts z_c exactly, where the ε
+  prediction starts from the bare denoiser's guess, further from the true latent than z_c
+  (docs/training.md, session 10), and the last steps keep the denoiser's x̂0, which is good at small t.
+  Training the head and the control module adds only what improves on them.
 """
 
 from __future__ import annotations
@@ -13,6 +28,8 @@ from dataclasses import dataclass
 
 import torch
 from torch import nn
+
+from ..sampler import alphas_cumprod
 
 
 def _blocks():
@@ -49,8 +66,11 @@ def decoder_unit_channels(unet) -> list[int]:
     return chans
 
 
-def _zero_conv(cin: int, cout: int) -> nn.Conv2d:
-    conv = nn.Conv2d(cin, cout, 1)
+PREDICTIONS = ("epsilon", "anchored")
+
+
+def _zero_conv(cin: int, cout: int, kernel: int = 1) -> nn.Conv2d:
+    conv = nn.Conv2d(cin, cout, kernel, padding=kernel // 2)
     nn.init.zeros_(conv.weight)
     nn.init.zeros_(conv.bias)
     return conv
@@ -112,6 +132,16 @@ class ControlModule(nn.Module):
         self.dec_zero_convs = nn.ModuleList(_zero_conv(own[n - 1 - j], dec_target[j]) for j in range(n))
         # Per-injection multipliers (the authors' ``scale_list``), all 1 unless a checkpoint says otherwise.
         self.register_buffer("scales", torch.ones(2 * n + 1))
+        self.prediction = cfg.get("prediction", "epsilon")
+        if self.prediction not in PREDICTIONS:
+            raise ValueError(f"unknown control prediction {self.prediction!r}; choose one of {', '.join(PREDICTIONS)}")
+        if self.prediction == "anchored":
+            self.anchor_head = _zero_conv(unet_cfg["block_out_channels"][0], unet_cfg["out_channels"], kernel=3)
+
+    @property
+    def prediction_type(self) -> str:
+        """What the sampler receives (diffusers' names): ``"epsilon"`` or ``"sample"`` (the latent x̂0)."""
+        return "sample" if self.prediction == "anchored" else "epsilon"
 
     def forward(self, x_t: torch.Tensor, t: torch.Tensor, guide: torch.Tensor, context: torch.Tensor) -> ControlResiduals:
         b = x_t.shape[0]
@@ -151,7 +181,7 @@ def _mid(block, h, temb, context):
 
 
 def unet_forward(unet, x: torch.Tensor, t: torch.Tensor, context: torch.Tensor,
-                 control: ControlResiduals | None = None) -> torch.Tensor:
+                 control: ControlResiduals | None = None, hidden: bool = False) -> torch.Tensor:
     """The UNet's epsilon prediction, with the control residuals added to its hidden state.
 
     Args:
@@ -160,6 +190,7 @@ def unet_forward(unet, x: torch.Tensor, t: torch.Tensor, context: torch.Tensor,
         t: scalar or (B,) timesteps (original, not respaced).
         context: (B or 1, L, D) cross-attention context.
         control: residuals from :class:`ControlModule`, or None for the bare UNet.
+        hidden: return the last hidden state (what ``conv_out`` reads) instead of ε̂.
     """
     b = x.shape[0]
     context = context.expand(b, -1, -1)
@@ -192,4 +223,34 @@ def unet_forward(unet, x: torch.Tensor, t: torch.Tensor, context: torch.Tensor,
         if block.upsamplers is not None:
             h = block.upsamplers[0](h, skips[-1].shape[-2:])
     h = unet.conv_act(unet.conv_norm_out(h))
-    return unet.conv_out(h)
+    return h if hidden else unet.conv_out(h)
+
+
+def controlled_prediction(unet, control: ControlModule, x: torch.Tensor, t, context: torch.Tensor,
+                          guide: torch.Tensor, z_c: torch.Tensor, detail: float = 1.0,
+                          diffusion: dict | None = None) -> torch.Tensor:
+    """What the sampler receives at (x_t, t), in float32: ε̂ or x̂0 (``control.prediction_type``).
+
+    Args:
+        x, guide: the noisy latent and the guide c, in the networks' dtype.
+        t: an int or (B,) timesteps.
+        z_c: the compressed latent at the same place (float32); only the anchored prediction reads it.
+        detail: the guidance s. ε: bare + s·(controlled − bare) (0: the bare UNet; the bare pass is
+            skipped at 1). Anchored: z_c + s·(x̂0 − z_c) (0: z_c itself, with no network run).
+        diffusion: the profile's ``diffusion`` section (ᾱ and the relay start); the anchored prediction needs it.
+    """
+    if control.prediction == "anchored":
+        if detail == 0:
+            return z_c
+        h = unet_forward(unet, x, t, context, control(x, t, guide, context), hidden=True)
+        ab = torch.as_tensor(alphas_cumprod(diffusion), dtype=torch.float32, device=z_c.device)
+        a = ab[torch.as_tensor(t, device=z_c.device).reshape(-1)].view(-1, 1, 1, 1)
+        share = (1 / a - 1).sqrt() / float((1 / ab[diffusion["relay_start"]] - 1).sqrt())
+        x0_eps = (x.float() - (1 - a).sqrt() * unet.conv_out(h).float()) / a.sqrt()
+        correction = (1 - share) * (x0_eps - z_c) + control.anchor_head(h).float()
+        return z_c + detail * correction
+    controlled = unet_forward(unet, x, t, context, control(x, t, guide, context)) if detail else None
+    if detail == 1.0:
+        return controlled.float()
+    bare = unet_forward(unet, x, t, context).float()
+    return bare if controlled is None else bare + detail * (controlled.float() - bare)

@@ -14,7 +14,7 @@ from __future__ import annotations
 import torch
 
 from ..networks.autoencoder import decode_latent, encoder_feature, latent_from_feature
-from ..networks.control import unet_forward
+from ..networks.control import controlled_prediction
 from ..sampler import relay_sample
 from .data import ImageFolderCrops
 from .file_rate import file_bpp, validation_images
@@ -32,13 +32,12 @@ def finetune_loss(model, x: torch.Tensor, lam: torch.Tensor, steps: int, generat
         z = latent_from_feature(model.vae, feat)
     with torch.set_grad_enabled(torch.is_grad_enabled() and not compression_is_frozen(model)):
         out = model.compression(compression_source(model, feat, z), lam)
-    ctx = model.unet.context
-    guide = out["c"]
+    def model_fn(x_t, t):
+        return controlled_prediction(model.unet, model.control, x_t, t, model.unet.context, out["c"], out["z_c"],
+                                     diffusion=model.config["diffusion"])
 
-    def eps_fn(x_t, t):
-        return unet_forward(model.unet, x_t, t, ctx, model.control(x_t, t, guide, ctx))
-
-    latent = relay_sample(model.config["diffusion"], out["z_c"], eps_fn, steps, generator)
+    latent = relay_sample(model.config["diffusion"], out["z_c"], model_fn, steps, generator,
+                          prediction_type=model.control.prediction_type)
     rec = decode_latent(model.vae, latent)
     mse = (rec - x).pow(2).flatten(1).mean(1)
     perceptual = ms_ssim_loss(rec, x)

@@ -4,6 +4,7 @@ The autoencoder and the base denoiser are frozen. For each sample, λ is drawn l
 model's range (one model for every rate) and t uniformly from 0..299:
 
     ε' = ε + (z_c − z)/λ_r,  x_t = √ᾱ_t·z + √(1−ᾱ_t)·ε',  ẑ0 = (x_t − √(1−ᾱ_t)·ε̂)/√ᾱ_t
+    (an anchored control module predicts ẑ0 = z_c + head(h) itself: :mod:`..networks.control`)
     loss = λ·[MSE(ẑ0, z) + D(z_c, z)] + bpp + L_vq
 
 where z is the image's scaled latent (the posterior mean, see :mod:`.stage_autoencoder`) and D the
@@ -22,7 +23,7 @@ import math
 import torch
 
 from ..networks.autoencoder import decode_latent
-from ..networks.control import unet_forward
+from ..networks.control import controlled_prediction
 from ..sampler import alphas_cumprod
 from .file_rate import file_bpp, validation_images
 from .latent_cache import LatentCrops
@@ -128,9 +129,9 @@ def stage1_loss(model, feature, z, lam, t, ab, relay_start: int, generator):
     eps = torch.randn(z.shape, generator=generator).to(z.device) + (z_c - z) / lam_r
     a = ab[t].view(-1, 1, 1, 1)
     x_t = a.sqrt() * z + (1 - a).sqrt() * eps
-    ctx = model.unet.context
-    eps_hat = unet_forward(model.unet, x_t, t, ctx, model.control(x_t, t, out["c"], ctx))
-    z0 = (x_t - (1 - a).sqrt() * eps_hat) / a.sqrt()
+    pred = controlled_prediction(model.unet, model.control, x_t, t, model.unet.context, out["c"], z_c,
+                                 diffusion=model.config["diffusion"])
+    z0 = pred if model.control.prediction_type == "sample" else (x_t - (1 - a).sqrt() * pred) / a.sqrt()
     mse_x0 = (z0 - z).pow(2).flatten(1).mean(1)
     dist_zc, logs = zc_distortion(model, z_c, z, generator)
     pixels = z.shape[2] * z.shape[3] * 64
