@@ -205,6 +205,28 @@ def test_an_anchored_stage_1_starts_at_z_c_and_trains_its_head(folders, tmp_path
     assert codec.decode(trained, codec.encode(trained, image, 1.0).data, steps=2).shape == image.shape
 
 
+def test_a_frozen_compression_module_costs_stage_1_no_pixel_window():
+    """With the compression module frozen, z_c's distortion is a constant: stage 1 does not decode a
+    pixel window for it while training, and its validation (no gradients) still reports it."""
+    from rdeic_codec.model import RDEICModel
+    from rdeic_codec.profiles import get_profile
+    from rdeic_codec.sampler import alphas_cumprod
+    from rdeic_codec.training.stage_rdeic import compression_is_frozen, stage1_loss
+
+    torch.manual_seed(0)
+    model = RDEICModel(get_profile("tiny-hyperprior")).eval()
+    assert compression_is_frozen(model)
+    z = torch.randn(2, model.config["unet"]["in_channels"], 16, 16)
+    cfg = model.config["diffusion"]
+    ab = torch.tensor(alphas_cumprod(cfg), dtype=torch.float32)
+    args = (model, z, z, torch.tensor([0.1, 2.0]), torch.tensor([5, 60]), ab, cfg["relay_start"])
+    loss, logs = stage1_loss(*args, torch.Generator().manual_seed(0))
+    assert "psnr_zc" not in logs and loss.requires_grad
+    with torch.no_grad():
+        _, logs = stage1_loss(*args, torch.Generator().manual_seed(0))
+    assert "psnr_zc" in logs
+
+
 def test_decoder_stage_noise_reaches_half_the_batch():
     from rdeic_codec.training.stage_decoder import add_latent_noise
 
