@@ -252,3 +252,43 @@ def test_a_profile_sets_its_own_stage_counts(folders, tmp_path, monkeypatch):
     for stage, expected in (("autoencoder", 2), ("decoder", 1)):
         with open(work / stage / "state.json") as f:
             assert json.load(f)["step"] == expected, stage
+
+
+def test_the_adversarial_critic_learns_to_tell_blur_from_photo_and_passes_gradients_to_the_image():
+    import torch.nn.functional as F
+
+    from rdeic_codec.training.adversarial import AdversarialTerm
+
+    torch.manual_seed(0)
+    term = AdversarialTerm(latent_channels=4, weight=0.1, lr=1e-3)
+    real = torch.from_numpy(np.stack([smooth_image(64, 64, seed=s) for s in range(4)])).permute(0, 3, 1, 2)
+    real = real.float() / 127.5 - 1
+    blurred = F.interpolate(F.avg_pool2d(real, 4), scale_factor=4, mode="bilinear")
+    z_c = torch.randn(4, 4, 8, 8)
+    for _ in range(30):
+        term.update(real, blurred, z_c)
+    with torch.no_grad():
+        assert term.critic(real, z_c).mean() > term.critic(blurred, z_c).mean()
+    before = [p.grad.clone() for p in term.critic.parameters()]
+    fake = blurred.clone().requires_grad_(True)
+    loss = term.generator_loss(fake, z_c)
+    assert loss.shape == (4,)
+    loss.sum().backward()
+    assert fake.grad.abs().sum() > 0  # the generator's term reaches the image ...
+    assert all(torch.equal(b, p.grad) for b, p in zip(before, term.critic.parameters()))  # ... not the critic
+
+
+def test_stage_2_with_the_adversarial_term_checkpoints_its_critic(folders, tmp_path, monkeypatch):
+    from rdeic_codec import profiles
+
+    anchored = dict(profiles.PROFILES["tiny-anchored"], finetune={"adversarial_weight": 0.1})
+    monkeypatch.setitem(profiles.PROFILES, "tiny-anchored", anchored)
+    work, dest = tmp_path / "work", tmp_path / "model"
+    pipeline.run(str(folders / "train"), str(folders / "valid"), str(work), str(dest), profile="tiny-anchored",
+                 steps={name: 1 for name in pipeline.STAGES} | {"finetune": 2}, log=lambda m: None)
+    from safetensors.torch import load_file
+
+    keys = load_file(str(work / "finetune" / "checkpoint.safetensors")).keys()
+    assert any(k.startswith("model.critic.") for k in keys)
+    assert not any("critic" in k for k in load_file(str(dest / "control.safetensors")).keys())
+    load_model(str(dest))

@@ -7,6 +7,7 @@ VAE decoder and compare pixels:
 
 The authors use LPIPS where we use 1 − MS-SSIM (no LPIPS backbone exists offline). Each batch draws
 its step count from {2, 5}, so one model serves both (the authors fine-tune one model per count).
+A profile's ``finetune.adversarial_weight`` > 0 adds HiFiC's adversarial term (:mod:`.adversarial`).
 """
 
 from __future__ import annotations
@@ -26,7 +27,10 @@ from .stage_rdeic import (compression_is_frozen, compression_source, diffusion_s
 PERCEPTUAL_WEIGHT = 0.5
 
 
-def finetune_loss(model, x: torch.Tensor, lam: torch.Tensor, steps: int, generator):
+def finetune_loss(model, x: torch.Tensor, lam: torch.Tensor, steps: int, generator, adversarial=None):
+    """One stage-2 loss evaluation; returns (loss, logs). With ``adversarial`` (an
+    :class:`.adversarial.AdversarialTerm`), its critic takes a step on this batch first, and its
+    generator term joins the loss."""
     with torch.no_grad():
         feat = encoder_feature(model.vae, x)
         z = latent_from_feature(model.vae, feat)
@@ -45,7 +49,13 @@ def finetune_loss(model, x: torch.Tensor, lam: torch.Tensor, steps: int, generat
     bpp = out["bits"] / (x.shape[2] * x.shape[3])
     lam = diffusion_stage_weight(model, lam)
     loss = (lam * (mse + PERCEPTUAL_WEIGHT * perceptual + dist_zc)).mean() + bpp.mean() + out["vq_loss"]
-    return loss, {"bpp": bpp.mean().item(), "mse": mse.mean().item(), "msssim": 1 - perceptual.mean().item()}
+    logs = {"bpp": bpp.mean().item(), "mse": mse.mean().item(), "msssim": 1 - perceptual.mean().item()}
+    if adversarial is not None:
+        logs["d_loss"] = adversarial.update(x, rec, out["z_c"])
+        g_loss = adversarial.generator_loss(rec, out["z_c"])
+        loss = loss + adversarial.weight * (lam * g_loss).mean()
+        logs["g_loss"] = g_loss.mean().item()
+    return loss, logs
 
 
 def train_finetune(model, train_dir: str, valid_dir: str, work_dir: str, steps: int, batch: int = 4,
@@ -55,12 +65,20 @@ def train_finetune(model, train_dir: str, valid_dir: str, work_dir: str, steps: 
     torch.manual_seed(seed)
     for p in list(model.vae.parameters()) + list(model.unet.parameters()):
         p.requires_grad_(False)
-    params = None
+    params = list(model.compression.parameters()) + list(model.control.parameters())
     if compression_is_frozen(model):  # the control module alone (see stage_rdeic.compression_is_frozen)
         model.compression.requires_grad_(False)
         params = list(model.control.parameters())
-    trainer = Trainer("finetune", work_dir, {"compression": model.compression, "control": model.control}, steps, lr,
-                      params=params, warmup=20, clip=1.0, save_every=save_every)
+    trained = {"compression": model.compression, "control": model.control}
+    weight = model.config.get("finetune", {}).get("adversarial_weight", 0.0)
+    adversarial = None
+    if weight > 0:
+        from .adversarial import AdversarialTerm
+
+        adversarial = AdversarialTerm(model.config["unet"]["in_channels"], weight)
+        trained["critic"] = adversarial.critic  # checkpointed with the stage, never written to the model
+    trainer = Trainer("finetune", work_dir, trained, steps, lr, params=params, warmup=20, clip=1.0,
+                      save_every=save_every)
     dev = trainer.device
     model.to(dev)
     data = ImageFolderCrops(train_dir, crop, seed=trainer.seed(seed))
@@ -85,5 +103,5 @@ def train_finetune(model, train_dir: str, valid_dir: str, work_dir: str, steps: 
 
     model.unet.eval()
     model.vae.eval()
-    trainer.run(lambda x, lam, n: finetune_loss(model, x, lam, n, gen), draw, validate)
+    trainer.run(lambda x, lam, n: finetune_loss(model, x, lam, n, gen, adversarial), draw, validate)
     return model
