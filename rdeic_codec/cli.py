@@ -285,7 +285,7 @@ def encode(paths, out_dir, lam, size, bpp, model_dir, device, threads, quiet, fo
 @click.option("-s", "--steps", type=click.IntRange(0, 10), default=5, show_default=True,
               help="Denoising steps (2 and 5 are the trained ones; 0: fast preview without diffusion).")
 @click.option("-d", "--detail", type=float, default=1.0, show_default=True,
-              help="Detail guidance: 0 smooth, 1 as trained, above 1 sharper (two UNet passes per step unless 1).")
+              help="Detail guidance: 0 smooth (the default model: z_c itself), 1 as trained, above 1 sharper.")
 @click.option("--max-pixels", type=click.IntRange(1), default=None,
               help="Refuse files that declare more pixels than this, counted at the size the decoder works at "
                    "(sides rounded up to multiples of 64) (default 100000000).")
