@@ -292,3 +292,17 @@ def test_stage_2_with_the_adversarial_term_checkpoints_its_critic(folders, tmp_p
     assert any(k.startswith("model.critic.") for k in keys)
     assert not any("critic" in k for k in load_file(str(dest / "control.safetensors")).keys())
     load_model(str(dest))
+
+
+def test_the_critic_cannot_be_won_by_colour():
+    """It judges luma: a colour change that keeps the luma leaves its logits as they are (with RGB, the
+    relay steps learned to saturate colours; docs/training.md, session 11)."""
+    from rdeic_codec.networks.discriminator import PatchDiscriminator
+
+    torch.manual_seed(0)
+    critic = PatchDiscriminator(latent_channels=4)
+    image, z_c = torch.rand(2, 3, 32, 32) * 2 - 1, torch.randn(2, 4, 4, 4)
+    recoloured = image + 0.3 * torch.tensor([0.587, -0.299, 0.0]).view(1, 3, 1, 1)  # same BT.601 luma
+    with torch.no_grad():
+        assert torch.allclose(critic(image, z_c), critic(recoloured, z_c), atol=1e-5)
+        assert not torch.allclose(critic(image, z_c), critic(image.flip(-1), z_c), atol=1e-5)
