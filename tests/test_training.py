@@ -300,7 +300,7 @@ def test_the_critic_cannot_be_won_by_colour():
     from rdeic_codec.networks.discriminator import PatchDiscriminator
 
     torch.manual_seed(0)
-    critic = PatchDiscriminator(latent_channels=4)
+    critic = PatchDiscriminator(latent_channels=4).eval()  # eval: spectral norm stops its power iteration
     image, z_c = torch.rand(2, 3, 32, 32) * 2 - 1, torch.randn(2, 4, 4, 4)
     recoloured = image + 0.3 * torch.tensor([0.587, -0.299, 0.0]).view(1, 3, 1, 1)  # same BT.601 luma
     with torch.no_grad():
