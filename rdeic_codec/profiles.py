@@ -219,7 +219,7 @@ SMALL_HYPERPRIOR["compression"] = HYPERPRIOR_COMPRESSION
 SMALL_HYPERPRIOR["stage_steps"] = {"compression": 7200, "stage1": 1200, "finetune": 800}
 # The relay starts at t = 75 (noise σ/√ᾱ = 0.29): on this module's z_c, 2 steps from t = 150 lost 0.95 dB
 # and 0.083 MS-SSIM against z_c alone, from 75 0.49 dB and 0.041, at NIQE 1.1 below z_c's (12 validation
-# photos, λ = 0.5; docs/training.md, session 10). The shipped model's stages 1 and 2 ran from t = 150.
+# photos, λ = 0.5; docs/training.md, session 10).
 SMALL_HYPERPRIOR["diffusion"] = dict(DIFFUSION, relay_start=75)
 # The anchored prediction (networks/control.py): x̂0 starts at z_c, so the steps keep its fidelity. On 12
 # validation photos its 2 steps came within 0.06 dB and 0.001 MS-SSIM of z_c, where the ε prediction lost
@@ -297,7 +297,7 @@ TINY_HYPERPRIOR["compression"] = {"type": "hyperprior", "input": "latent", "feat
                                   "zc_latent_weight": 0.0, "train_in_diffusion_stages": False,
                                   "rate_targets": [0.05, 0.5]}
 
-# The anchored control module (x̂0 = z_c + head(h); networks/control.py) in miniature.
+# The anchored prediction (x̂0 anchored on z_c; networks/control.py) in miniature.
 TINY_ANCHORED = copy.deepcopy(TINY_HYPERPRIOR)
 TINY_ANCHORED["profile"] = "tiny-anchored"
 TINY_ANCHORED["control"]["prediction"] = "anchored"
