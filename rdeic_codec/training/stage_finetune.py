@@ -36,6 +36,7 @@ def finetune_loss(model, x: torch.Tensor, lam: torch.Tensor, steps: int, generat
         z = latent_from_feature(model.vae, feat)
     with torch.set_grad_enabled(torch.is_grad_enabled() and not compression_is_frozen(model)):
         out = model.compression(compression_source(model, feat, z), lam)
+
     def model_fn(x_t, t):
         return controlled_prediction(model.unet, model.control, x_t, t, model.unet.context, out["c"], out["z_c"],
                                      diffusion=model.config["diffusion"])

@@ -4,7 +4,7 @@ The autoencoder and the base denoiser are frozen. For each sample, λ is drawn l
 model's range (one model for every rate) and t uniformly from 0..299:
 
     ε' = ε + (z_c − z)/λ_r,  x_t = √ᾱ_t·z + √(1−ᾱ_t)·ε',  ẑ0 = (x_t − √(1−ᾱ_t)·ε̂)/√ᾱ_t
-    (an anchored control module predicts ẑ0 = z_c + head(h) itself: :mod:`..networks.control`)
+    (an anchored control module predicts ẑ0 itself, anchored on z_c: :mod:`..networks.control`)
     loss = λ·[MSE(ẑ0, z) + D(z_c, z)] + bpp + L_vq
 
 where z is the image's scaled latent (the posterior mean, see :mod:`.stage_autoencoder`) and D the
