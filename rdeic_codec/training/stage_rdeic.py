@@ -85,10 +85,16 @@ def zc_distortion(model, z_c: torch.Tensor, z: torch.Tensor, generator=None):
     so the pixel term spends the bits where the decoded image needs them. A small latent term keeps z_c
     near z, which the relay diffusion starts from. ``zc_msssim_weight`` > 0 adds 1 − MS-SSIM on the
     same window.
+
+    When gradients are on but none can reach z_c (stages 1 and 2 with the compression module frozen),
+    the distortion is a constant: it returns 0 with only the latent MSE logged, instead of decoding a
+    pixel window for nothing (about 15% of a stage-1 iteration). Validation (no gradients) measures it whole.
     """
     cfg = model.compression.cfg
     mse_lat = (z_c - z).pow(2).flatten(1).mean(1)
     logs = {"mse_zc": mse_lat.mean().item()}
+    if torch.is_grad_enabled() and not z_c.requires_grad:
+        return torch.zeros_like(mse_lat), logs
     pixel_weight, msssim_weight = cfg.get("zc_pixel_weight", 0.0), cfg.get("zc_msssim_weight", 0.0)
     dist = cfg.get("zc_latent_weight", 1.0) * mse_lat
     if pixel_weight > 0 or msssim_weight > 0:
@@ -107,17 +113,6 @@ def zc_distortion(model, z_c: torch.Tensor, z: torch.Tensor, generator=None):
             dist = dist + msssim_weight * perceptual
             logs["msssim_zc"] = 1 - perceptual.mean().item()
     return dist, logs
-
-
-def frozen_aware_zc_distortion(model, z_c: torch.Tensor, z: torch.Tensor, generator=None):
-    """:func:`zc_distortion` for stages 1 and 2. While they train with the compression module frozen, z_c's
-    distortion is a constant that no gradient reaches: it is left out of the loss (0) instead of
-    decoding a pixel window for it at every iteration (about 15% of a stage-1 iteration), and only its
-    latent MSE is logged. Validation (no gradients) still measures it whole."""
-    if compression_is_frozen(model) and torch.is_grad_enabled():
-        mse = (z_c - z).pow(2).flatten(1).mean(1)
-        return torch.zeros_like(mse), {"mse_zc": mse.mean().item()}
-    return zc_distortion(model, z_c, z, generator)
 
 
 def compression_loss(model, feature, z, lam, generator=None):
@@ -144,7 +139,7 @@ def stage1_loss(model, feature, z, lam, t, ab, relay_start: int, generator):
                                  diffusion=model.config["diffusion"])
     z0 = pred if model.control.prediction_type == "sample" else (x_t - (1 - a).sqrt() * pred) / a.sqrt()
     mse_x0 = (z0 - z).pow(2).flatten(1).mean(1)
-    dist_zc, logs = frozen_aware_zc_distortion(model, z_c, z, generator)
+    dist_zc, logs = zc_distortion(model, z_c, z, generator)
     pixels = z.shape[2] * z.shape[3] * 64
     bpp = out["bits"] / pixels
     loss = (lam * (mse_x0 + dist_zc)).mean() + bpp.mean() + out["vq_loss"]
