@@ -25,9 +25,9 @@ class AdversarialTerm:
         lr: the critic's learning rate (Adam, β = (0.5, 0.9), as is usual for GANs).
     """
 
-    def __init__(self, latent_channels: int, weight: float, lr: float = 1e-4, device="cpu"):
+    def __init__(self, latent_channels: int, weight: float, lr: float = 1e-4):
         self.weight = weight
-        self.critic = PatchDiscriminator(latent_channels).to(device)
+        self.critic = PatchDiscriminator(latent_channels)  # stage 2's Trainer moves it with the stage's modules
         self.optimizer = torch.optim.Adam(self.critic.parameters(), lr=lr, betas=(0.5, 0.9))
 
     def update(self, real: torch.Tensor, fake: torch.Tensor, z_c: torch.Tensor) -> float:
