@@ -412,13 +412,20 @@ def info(input_path):
 @click.option("--from", "start_from", type=click.Path(exists=True, file_okay=False), default=None,
               help="Start from this model directory: its parts count as finished stages, so the stages "
                    "left (e.g. --stages decoder,finetune) refine it.")
+@click.option("--precision", type=click.Choice(["auto", "bf16", "fp32"]), default="auto", show_default=True,
+              help="Training steps in bfloat16 autocast (float32 weights) or float32; auto: bf16 where the device "
+                   "computes it natively (AMX or AVX-512 BF16 CPUs, most GPUs), about 2.5x faster there.")
 @threads_option
-def train(train_dir, valid_dir, work, output, stages, step_overrides, seed, profile, device, start_from, threads):
+def train(train_dir, valid_dir, work, output, stages, step_overrides, seed, profile, device, start_from, precision,
+          threads):
     """Train a model from folders of images (resumable; runs unchanged under torchrun; see docs/training.md)."""
     import torch
 
     if threads:
         torch.set_num_threads(threads)
+    from .training.precision import set_precision
+
+    set_precision(precision)
     from .training.pipeline import STAGES, run
 
     chosen = tuple(s.strip() for s in stages.split(",") if s.strip())

@@ -162,10 +162,13 @@ def encode_image(vae, image: torch.Tensor) -> torch.Tensor:
 
 
 def decode_latent(vae, latent: torch.Tensor) -> torch.Tensor:
-    """Scaled latent → image in [-1, 1] (not clamped)."""
+    """Scaled latent → image in [-1, 1] (not clamped), float32 even under a bfloat16 autocast (training
+    losses compare it with the photo), otherwise in the decoder's own dtype."""
     if isinstance(vae, ShuffleAutoencoder):
-        return vae.decoder(latent / vae.scaling_factor)
-    return vae.decode(latent / vae.config.scaling_factor).sample
+        image = vae.decoder(latent / vae.scaling_factor)
+    else:
+        image = vae.decode(latent / vae.config.scaling_factor).sample
+    return image.float() if torch.is_autocast_enabled(image.device.type) else image
 
 
 def decoder_modules(vae) -> list[nn.Module]:

@@ -306,6 +306,12 @@ class CompressionModule(LambdaGains, nn.Module):
         Returns:
             dict with ``c``, ``z_c``, ``bits`` (per image, y only), ``vq_loss`` and ``indices``.
         """
+        # float32 even under a bfloat16 autocast (training/precision.py): the contexts, the rounding and
+        # the rates are interleaved here, and bfloat16's 8 bits are too few for them.
+        with torch.autocast(feature.device.type, enabled=False):
+            return self._forward(feature.float(), lam, scale_bound)
+
+    def _forward(self, feature: torch.Tensor, lam: torch.Tensor, scale_bound: float):
         y = self.g_a(feature * self.cfg["feature_scale"])
         gain, inv = self.gains(lam)
         if gain is not None:

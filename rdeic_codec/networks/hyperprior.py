@@ -145,12 +145,14 @@ class HyperpriorModule(LambdaGains, nn.Module):
             dict with ``c``, ``z_c``, ``bits`` (per image, y and z), ``vq_loss`` (0: no codebook) and
             ``indices`` (ẑ).
         """
-        y = self.g_a(feature * self.cfg["feature_scale"])
+        # The rounding and the rates in float32 even under a bfloat16 autocast (training/precision.py):
+        # bfloat16 keeps 8 bits, too few for y − μ and for the likelihoods.
+        y = self.g_a(feature * self.cfg["feature_scale"]).float()
         gain, inv = self.gains(lam)
         if gain is not None:
             y = y * gain
-        z_hat, z_bits = self.quantize(self.h_a(y), scale_bound)
-        scales, means = self.h_s(z_hat).chunk(2, dim=1)
+        z_hat, z_bits = self.quantize(self.h_a(y).float(), scale_bound)
+        scales, means = self.h_s(z_hat).float().chunk(2, dim=1)
         residual = ste_round(y - means)
         bits = gaussian_bits(residual, scales.abs().clamp_min(scale_bound)).flatten(1).sum(1) + z_bits
         y_hat = residual + means

@@ -14,6 +14,7 @@ import torch
 
 from .checkpoint import load_checkpoint, save_checkpoint
 from .distributed import runtime
+from .precision import autocast, resolved
 from .progress import Progress
 from .schedule import lr_factor, set_lr
 
@@ -52,6 +53,7 @@ class Trainer:
         # The process's CPU time so far belongs to earlier stages of the same `rdeic train` run.
         self.cpu_start = time.process_time()
         self.progress = Progress(steps, self.start, name, enabled=self.rt.is_main)
+        self.precision = resolved(self.rt.device)
 
     @property
     def device(self) -> torch.device:
@@ -74,12 +76,15 @@ class Trainer:
         """
         step_fn = self.rt.wrap(self.trained, loss_fn)
         t0 = time.time()
+        if self.rt.is_main:
+            self.log(f"{self.name}: training steps in {self.precision}")
         if self.start == 0 and self.rt.is_main:  # where the stage starts from, to compare against
             self._validate(validate, 0, t0)
         for step in range(self.start, self.steps):
             set_lr(self.opt, self.lr * lr_factor(step, self.steps, warmup=self.warmup))
             self._mode(train=True)
-            loss, logs = step_fn(*draw())
+            with autocast(self.device):  # bfloat16 where native (see .precision); backward follows its casts
+                loss, logs = step_fn(*draw())
             self.opt.zero_grad(set_to_none=True)
             loss.backward()
             if self.clip is not None:

@@ -37,8 +37,14 @@ def ms_ssim_loss(a: torch.Tensor, b: torch.Tensor, levels: int = 3) -> torch.Ten
 
     Stage 2 uses it where the authors use LPIPS (no LPIPS backbone can be had offline): it rewards
     local structure and contrast rather than the blur that a pixel MSE alone prefers. Training crops
-    are small, so it runs on ``levels`` scales with the standard weights renormalised.
+    are small, so it runs on ``levels`` scales with the standard weights renormalised. Always in
+    float32: the variances are differences of nearly equal means, which bfloat16 cannot resolve.
     """
+    with torch.autocast(a.device.type, enabled=False):
+        return _ms_ssim_loss(a.float(), b.float(), levels)
+
+
+def _ms_ssim_loss(a: torch.Tensor, b: torch.Tensor, levels: int) -> torch.Tensor:
     a, b = (a + 1) / 2, (b + 1) / 2
     win = _gaussian_window(dtype=a.dtype).to(a.device)
     ch = a.shape[1]

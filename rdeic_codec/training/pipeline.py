@@ -101,6 +101,7 @@ def run(train_dir: str, valid_dir: str, work: str, output: str | None, profile: 
         build_cache(vae, valid_dir, valid_cache, log=log)
     rt.barrier()
 
+    torch.manual_seed(seed)  # the fresh modules' initial weights follow --seed too
     model = RDEICModel(config)
     model.vae.load_state_dict(vae.state_dict())
     if "denoiser" in stages and not _done(work, "denoiser"):

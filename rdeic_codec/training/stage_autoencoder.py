@@ -40,7 +40,7 @@ def autoencoder_loss(vae, x: torch.Tensor):
     rec = decode_latent(vae, mean * scaling_factor(vae))
     loss, logs = reconstruction_loss(rec, x)
     if logvar is not None:
-        loss = loss + KL_WEIGHT * kl_to_standard_normal(mean, logvar)
+        loss = loss + KL_WEIGHT * kl_to_standard_normal(mean.float(), logvar.float())  # float32 under autocast
     return loss, logs
 
 

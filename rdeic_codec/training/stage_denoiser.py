@@ -39,7 +39,7 @@ def denoiser_loss(model: BaseDenoiser, z: torch.Tensor, ab: torch.Tensor, t: tor
     eps = torch.randn(z.shape, generator=generator).to(z.device)  # CPU generator: the same noise on any device
     a = ab[t].view(-1, 1, 1, 1)
     x_t = a.sqrt() * z + (1 - a).sqrt() * eps
-    return F.mse_loss(unet_forward(model.unet, x_t, t, model.context), eps)
+    return F.mse_loss(unet_forward(model.unet, x_t, t, model.context).float(), eps)  # float32 under autocast
 
 
 def train_denoiser(config: dict, cache_path: str, valid_cache: str, work_dir: str, steps: int, batch: int = 16,
