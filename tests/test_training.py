@@ -305,3 +305,43 @@ def test_the_critic_cannot_be_won_by_colour():
     with torch.no_grad():
         assert torch.allclose(critic(image, z_c), critic(recoloured, z_c), atol=1e-5)
         assert not torch.allclose(critic(image, z_c), critic(image.flip(-1), z_c), atol=1e-5)
+
+
+def test_latent_crops_flip_by_encoding_the_mirror_image(folders, tmp_path):
+    """A flipped crop is a window of the mirror image's latent (a flipped latent is no photo's latent:
+    the encoder is not mirror-equivariant); a cache without mirror latents gives no flips."""
+    from safetensors.torch import load_file, save_file
+
+    from rdeic_codec.model import RDEICModel
+    from rdeic_codec.networks.autoencoder import encode_image
+    from rdeic_codec.profiles import get_profile
+    from rdeic_codec.training.latent_cache import LatentCrops, build_cache
+
+    torch.manual_seed(0)
+    vae = RDEICModel(get_profile("tiny-shuffle")).vae.eval()
+    path = str(tmp_path / "cache.safetensors")
+    build_cache(vae, str(folders / "train"), path, log=lambda m: None)
+    image = np.asarray(Image.open(folders / "train" / "0.png").convert("RGB"))
+    x = torch.from_numpy(image.copy()).permute(2, 0, 1)[None].float() / 127.5 - 1
+    with torch.no_grad():
+        mirror = encode_image(vae, x.flip(-1))[0]
+    crops = LatentCrops(path, 8, seed=0, features=False)
+    assert crops.flips and torch.allclose(crops.latents[0][1], mirror, atol=1e-5)
+
+    def sources(c):
+        lat, _ = c.batch(24, indices=[0] * 24)
+        found = set()
+        for z in lat:
+            for m, whole in enumerate(c.latents[0]):
+                if any(torch.equal(z, whole[:, y:y + 8, x:x + 8]) for y in range(0, 25, 8) for x in range(0, 25, 8)):
+                    found.add(m)
+                    break
+            else:
+                raise AssertionError("a crop that is no window of the image's or its mirror image's latent")
+        return found
+
+    assert sources(crops) == {0, 1}
+    raw = load_file(path)
+    save_file({k: v for k, v in raw.items() if ".mirror." not in k}, str(tmp_path / "old.safetensors"))
+    old = LatentCrops(str(tmp_path / "old.safetensors"), 8, seed=0, features=False)
+    assert not old.flips and sources(old) == {0}

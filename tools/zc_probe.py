@@ -81,7 +81,8 @@ def main() -> None:
             h, w = img.shape[:2]
             with torch.no_grad():
                 feature = encoder_feature(vae, codec._to_tensor(codec.pad_image(img), "cpu"))
-                source = latent_from_feature(vae, feature) if args.input == "latent" and not args.model else feature
+                reads_latent = getattr(comp, "reads_latent", False) if args.model else args.input == "latent"
+                source = latent_from_feature(vae, feature) if reads_latent else feature
                 out = comp(source, torch.tensor([lam]))
                 rec = codec._to_uint8(decode_latent(vae, out["z_c"]))[:h, :w]
             rows.append((float(out["bits"][0]) / (h * w), psnr(img, rec), ms_ssim(img, rec)))

@@ -66,3 +66,23 @@ class ResidualBlockUp(nn.Module):
     def forward(self, x):
         out = self.act2(self.conv(self.act1(self.subpel_conv(x))))
         return out + self.upsample(x)
+
+
+class PlainResidualBlock(nn.Module):
+    """x + conv3×3(LeakyReLU(0.1)(conv3×3(x))): no activation on the branch's output, so a block can add
+    negative values as well as positive ones (issue 21's probe design; the blocks above end in a
+    LeakyReLU(0.01), which lets a block add almost only positive values)."""
+
+    def __init__(self, channels: int):
+        super().__init__()
+        self.conv1 = conv3x3(channels, channels)
+        self.conv2 = conv3x3(channels, channels)
+        self.act = nn.LeakyReLU(0.1)
+
+    def forward(self, x):
+        return x + self.conv2(self.act(self.conv1(x)))
+
+
+def plain_upsample(cin: int, cout: int) -> nn.Sequential:
+    """×2 up: conv3×3 to 4·cout, then PixelShuffle(2)."""
+    return nn.Sequential(conv3x3(cin, 4 * cout), nn.PixelShuffle(2))

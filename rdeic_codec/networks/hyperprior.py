@@ -21,7 +21,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .blocks import ResidualBlock, ResidualBlockDown, ResidualBlockUp, conv3x3
+from .blocks import PlainResidualBlock, ResidualBlock, ResidualBlockDown, ResidualBlockUp, conv3x3, plain_upsample
 from .compression import LambdaGains, gaussian_bits, ste_round
 
 # The largest |symbol| of z (the entropy section's max_symbol): the coder's Gaussian models stop there.
@@ -100,12 +100,20 @@ class HyperpriorModule(LambdaGains, nn.Module):
         self.cfg = cfg
         f, n, m, h, g = cfg["feature_channels"], cfg["N"], cfg["M"], cfg["hyper_channels"], cfg["guide_channels"]
         act = nn.LeakyReLU(0.1)
+        plain = cfg.get("blocks", "activated") == "plain"
         # g_a: two residual blocks at 1/8, one ×2 down, two at 1/16 (feature → y).
-        self.g_a = nn.Sequential(
-            conv3x3(f, n), ResidualBlock(n, n), ResidualBlock(n, n),
-            ResidualBlockDown(n, n), ResidualBlock(n, n), ResidualBlock(n, n),
-            conv3x3(n, m),
-        )
+        if plain:
+            self.g_a = nn.Sequential(
+                conv3x3(f, n), PlainResidualBlock(n), PlainResidualBlock(n),
+                conv3x3(n, n, stride=2), PlainResidualBlock(n), PlainResidualBlock(n),
+                conv3x3(n, m),
+            )
+        else:
+            self.g_a = nn.Sequential(
+                conv3x3(f, n), ResidualBlock(n, n), ResidualBlock(n, n),
+                ResidualBlockDown(n, n), ResidualBlock(n, n), ResidualBlock(n, n),
+                conv3x3(n, m),
+            )
         # h_a: y → z at 1/64 (two stride-2 convolutions).
         self.h_a = nn.Sequential(
             conv3x3(m, h), act, conv3x3(h, h, stride=2), act, conv3x3(h, h, stride=2),
@@ -117,10 +125,17 @@ class HyperpriorModule(LambdaGains, nn.Module):
         )
         self.context = HyperContext(m)
         # g_s: the mirror of g_a (ŷ → c at 1/8), then ``out`` predicts the latent z_c.
-        self.g_s = nn.Sequential(
-            conv3x3(m, n), ResidualBlock(n, n), ResidualBlock(n, n),
-            ResidualBlockUp(n, n), ResidualBlock(n, n), ResidualBlock(n, g),
-        )
+        if plain:
+            self.g_s = nn.Sequential(
+                conv3x3(m, n), PlainResidualBlock(n), PlainResidualBlock(n),
+                plain_upsample(n, n), PlainResidualBlock(n), PlainResidualBlock(n),
+                conv3x3(n, g), nn.LeakyReLU(0.1),
+            )
+        else:
+            self.g_s = nn.Sequential(
+                conv3x3(m, n), ResidualBlock(n, n), ResidualBlock(n, n),
+                ResidualBlockUp(n, n), ResidualBlock(n, n), ResidualBlock(n, g),
+            )
         self.out = conv3x3(g, cfg.get("latent_channels", 4))
         self._init_gains(cfg)
 

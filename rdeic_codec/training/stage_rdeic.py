@@ -170,13 +170,14 @@ def train_stage1(model, cache_path: str, valid_cache: str, work_dir: str, steps:
                       clip=1.0, save_every=save_every)
     dev = trainer.device
     model.to(dev)
-    data = LatentCrops(cache_path, crop, seed=trainer.seed(seed))
-    valid = LatentCrops(valid_cache, crop, seed=1)
+    features = not model.compression.reads_latent  # a module that reads the latent needs no features in memory
+    data = LatentCrops(cache_path, crop, seed=trainer.seed(seed), features=features)
+    valid = LatentCrops(valid_cache, crop, seed=1, features=features)
     dcfg = model.config["diffusion"]
     ab = torch.tensor(alphas_cumprod(dcfg), dtype=torch.float32, device=dev)
     lo, hi = model.compression.lambda_range
     gen = torch.Generator().manual_seed(trainer.seed(seed))
-    z_valid, feat_valid = (v.to(dev) for v in valid.batch(8, indices=range(8)))  # the same crops every time
+    z_valid, feat_valid = (v if v is None else v.to(dev) for v in valid.batch(8, indices=range(8)))  # same crops every time
     real_images = validation_images(valid_dir) if valid_dir else []
 
     def loss_fn(feat, z, lam, t, g=gen):
@@ -188,7 +189,7 @@ def train_stage1(model, cache_path: str, valid_cache: str, work_dir: str, steps:
         z, feat = data.batch(batch)
         lam = sample_lambdas(batch, lo, hi, gen)
         t = torch.randint(0, dcfg["relay_start"] + 1, (batch,), generator=gen)
-        return feat.to(dev), z.to(dev), lam.to(dev), t.to(dev)
+        return None if feat is None else feat.to(dev), z.to(dev), lam.to(dev), t.to(dev)
 
     def validate() -> str:
         g = torch.Generator().manual_seed(0)
