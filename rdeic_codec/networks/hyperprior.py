@@ -92,7 +92,9 @@ class HyperpriorModule(LambdaGains, nn.Module):
             g_a reads the autoencoder's latent; "feature", the default: its encoder feature before the
             last layer), ``feature_channels`` (the channels of that input, at 1/8), ``N`` (g_a/g_s width), ``M`` (y's channels, at
             1/16), ``hyper_channels`` (h_a/h_s width and z's channels, at 1/64), ``guide_channels``
-            (c, the control module's input), ``latent_channels`` (z_c), ``lambdas``.
+            (c, the control module's input), ``latent_channels`` (z_c), ``lambdas``, ``blocks``
+            ("activated", the default: the paper module's residual blocks, ending in a LeakyReLU;
+            "plain": :class:`~.blocks.PlainResidualBlock` and plain resampling, which learned better).
     """
 
     def __init__(self, cfg: dict):
