@@ -60,14 +60,16 @@ class LatentCrops:
         path: a cache written by :func:`build_cache`.
         crop: crop side in latent pixels (a multiple of 8, i.e. 64 image pixels).
         features: also return the VAE features (stage 1 needs them; the base denoiser does not).
+        flips: take the mirror image for half the crops, where the cache holds it (validation: False, so
+            that its fixed crops are the same with any cache).
     """
 
-    def __init__(self, path: str, crop: int, seed: int = 0, features: bool = True):
+    def __init__(self, path: str, crop: int, seed: int = 0, features: bool = True, flips: bool = True):
         raw = load_file(path)
         keys = sorted({k.split(".")[0] for k in raw})
         keys = [k for k in keys if min(raw[f"{k}.latent"].shape[1:]) >= crop]
         # Flips only where the cache holds the mirror images' latents (see the module's docstring).
-        self.flips = all(f"{k}.mirror.latent" in raw for k in keys)
+        self.flips = flips and all(f"{k}.mirror.latent" in raw for k in keys)
         suffixes = ("", ".mirror") if self.flips else ("",)
         # latents[i][m]: image i (m = 0) or its mirror image (m = 1).
         self.latents = [[raw[f"{k}{s}.latent"] for s in suffixes] for k in keys]

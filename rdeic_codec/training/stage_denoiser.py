@@ -48,7 +48,7 @@ def train_denoiser(config: dict, cache_path: str, valid_cache: str, work_dir: st
     model = BaseDenoiser(config)
     trainer = Trainer("denoiser", work_dir, {"denoiser": model}, steps, lr, clip=1.0, save_every=save_every)
     data = LatentCrops(cache_path, crop, seed=trainer.seed(seed), features=False)
-    valid = LatentCrops(valid_cache, crop, seed=1, features=False)
+    valid = LatentCrops(valid_cache, crop, seed=1, features=False, flips=False)
     dcfg = config["diffusion"]
     dev = trainer.device
     ab = torch.tensor(alphas_cumprod(dcfg), dtype=torch.float32, device=dev)

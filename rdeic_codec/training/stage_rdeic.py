@@ -172,7 +172,7 @@ def train_stage1(model, cache_path: str, valid_cache: str, work_dir: str, steps:
     model.to(dev)
     features = not model.compression.reads_latent  # a module that reads the latent needs no features in memory
     data = LatentCrops(cache_path, crop, seed=trainer.seed(seed), features=features)
-    valid = LatentCrops(valid_cache, crop, seed=1, features=features)
+    valid = LatentCrops(valid_cache, crop, seed=1, features=features, flips=False)
     dcfg = model.config["diffusion"]
     ab = torch.tensor(alphas_cumprod(dcfg), dtype=torch.float32, device=dev)
     lo, hi = model.compression.lambda_range
