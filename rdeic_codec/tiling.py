@@ -150,17 +150,14 @@ def receptive_radius(module: nn.Module) -> float:
     """How many input positions, on each side, can reach one output position of a stack of the
     compression module's blocks (convolutions, residual blocks, ×2 down/up blocks): the halo an exact
     tiling needs. Shortcuts are 1×1 and reach no further than the main path."""
-    from .networks.blocks import ResidualBlock, ResidualBlockDown, ResidualBlockUp
+    from .networks.blocks import PlainResidualBlock, ResidualBlock, ResidualBlockDown, ResidualBlockUp
 
     radius, scale = 0.0, 1.0  # scale: input positions per position at the current depth
-    for m in (module if isinstance(module, nn.Sequential) else [module]):
-        if isinstance(m, nn.Sequential):
-            r = receptive_radius(m)
-            radius += r * scale
-        elif isinstance(m, nn.Conv2d):
+    for m in _layers(module):
+        if isinstance(m, nn.Conv2d):
             radius += (m.kernel_size[0] - 1) // 2 * m.dilation[0] * scale
             scale *= m.stride[0]
-        elif isinstance(m, ResidualBlock):
+        elif isinstance(m, (ResidualBlock, PlainResidualBlock)):
             radius += 2 * scale
         elif isinstance(m, ResidualBlockDown):
             radius += scale + 2 * scale  # 3×3 stride 2, then a 3×3 at half resolution
@@ -176,3 +173,13 @@ def receptive_radius(module: nn.Module) -> float:
         else:
             raise TypeError(f"no receptive field rule for {type(m).__name__}")
     return radius
+
+
+def _layers(module: nn.Module):
+    """The layers of nested ``nn.Sequential`` stacks in order (so that a resampling inside one, such as
+    a conv + pixel shuffle pair, changes the scale of the layers after it)."""
+    if isinstance(module, nn.Sequential):
+        for m in module:
+            yield from _layers(m)
+    else:
+        yield module

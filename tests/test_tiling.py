@@ -58,7 +58,19 @@ def test_tiles_cover_the_axis_and_weights_sum_to_one(n, tile, overlap):
         assert np.allclose(total, 1.0)
 
 
-@pytest.mark.parametrize("name", ["tiny_model", "tiny_hyperprior_model"])
+@pytest.fixture(scope="module")
+def tiny_plain_hyperprior_model():
+    """The tiny hyperprior model with the small profile's plain residual blocks."""
+    from rdeic_codec.model import RDEICModel
+    from rdeic_codec.profiles import get_profile
+
+    config = get_profile("tiny-hyperprior")
+    config["compression"]["blocks"] = "plain"
+    torch.manual_seed(0)
+    return RDEICModel(config).eval()
+
+
+@pytest.mark.parametrize("name", ["tiny_model", "tiny_hyperprior_model", "tiny_plain_hyperprior_model"])
 def test_exact_tiles_with_the_derived_halo_equal_the_untiled_network(name, request):
     """g_s and h_s tiled with the halo of their receptive field give the untiled result; a halo one
     position short does not (float64, so that what reaches past the short halo is above rounding)."""
