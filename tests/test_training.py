@@ -149,6 +149,13 @@ def test_training_can_start_from_a_finished_model(folders, tmp_path):
     assert b.config["training"]["steps"] == {**a.config["training"]["steps"], "finetune": 1}
     image = smooth_image(64, 64)
     assert codec.decode(b, codec.encode(b, image, 1.0).data, steps=2).shape == image.shape
+    # A seeded stage (weights, no optimiser state) trains on when asked for more iterations.
+    os.remove(work / "denoiser" / "done")
+    pipeline.run(str(folders / "train"), str(folders / "valid"), str(work), None, stages=("denoiser",),
+                 steps={"denoiser": 3}, **run)
+    from rdeic_codec.training.stage_denoiser import BaseDenoiser
+
+    assert load_checkpoint(str(work / "denoiser"), {"denoiser": BaseDenoiser(a.config)})["step"] == 3
 
 
 @pytest.mark.parametrize("profile", ["tiny", "tiny-shuffle"])

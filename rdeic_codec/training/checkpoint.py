@@ -48,7 +48,9 @@ def load_checkpoint(folder: str, modules: dict, optimizer=None) -> dict | None:
     for name, module in modules.items():
         prefix = f"model.{name}."
         module.load_state_dict({k[len(prefix) :]: v for k, v in tensors.items() if k.startswith(prefix)})
-    if optimizer is not None:
+    # A stage seeded from a finished model (training/from_model.py) has weights but no optimiser state:
+    # training it further starts Adam afresh.
+    if optimizer is not None and meta["param_groups"]:
         state = {}
         for key, value in tensors.items():
             if key.startswith("optim."):
