@@ -83,7 +83,7 @@ class Trainer:
         for step in range(self.start, self.steps):
             set_lr(self.opt, self.lr * lr_factor(step, self.steps, warmup=self.warmup))
             self._mode(train=True)
-            with autocast(self.device):  # bfloat16 where native (see .precision); backward follows its casts
+            with autocast(self.device, self.precision):  # see .precision; backward follows its casts
                 loss, logs = step_fn(*draw())
             self.opt.zero_grad(set_to_none=True)
             loss.backward()

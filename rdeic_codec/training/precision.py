@@ -48,8 +48,9 @@ def resolved(device: torch.device) -> str:
     return _PRECISION
 
 
-def autocast(device: torch.device):
-    """The context a training step runs in: bfloat16 autocast, or nothing."""
-    if resolved(device) == "bf16":
+def autocast(device: torch.device, precision: str):
+    """The context a training step runs in at ``precision`` (as :func:`resolved` gives it): bfloat16
+    autocast, or nothing."""
+    if precision == "bf16":
         return torch.autocast(device.type, dtype=torch.bfloat16)
     return contextlib.nullcontext()
