@@ -128,21 +128,12 @@ def zc_distortion(model, z_c: torch.Tensor, z: torch.Tensor, generator=None):
 
 
 def compression_loss(model, feature, z, lam, generator=None):
-    """The pretraining loss of the compression module alone; returns (loss, logs).
-
-    Each sample's loss is bpp + 2·w(λ)·D. With the compression section's ``balance_lambdas`` it is
-    divided by 1 + 2·w(λ), which leaves each λ's optimum where it is but evens out how much each rate
-    pulls on the shared transforms. Why: at λ = 2 a sample's loss is about 15 times that at λ = 0.1, and
-    the shared module drifted towards the high rates the longer it trained (docs/training.md, session 13).
-    """
+    """The pretraining loss of the compression module alone; returns (loss, logs)."""
     out = model.compression(compression_source(model, feature, z), lam)
-    w = distortion_weight(model, lam)
+    lam = distortion_weight(model, lam)
     dist, logs = zc_distortion(model, out["z_c"], z, generator)
     bpp = out["bits"] / (z.shape[2] * z.shape[3] * 64)
-    per_sample = bpp + 2 * w * dist
-    if model.compression.cfg.get("balance_lambdas"):
-        per_sample = per_sample / (1 + 2 * w)
-    loss = per_sample.mean() + out["vq_loss"]
+    loss = (2 * lam * dist).mean() + bpp.mean() + out["vq_loss"]
     return loss, {"bpp": bpp.mean().item(), **logs}
 
 
