@@ -1,6 +1,5 @@
 """`rdeic train` on the tiny profile: every stage runs, resumes, and yields a loadable model."""
 
-import copy
 import os
 
 import numpy as np
@@ -353,33 +352,3 @@ def test_latent_crops_flip_by_encoding_the_mirror_image(folders, tmp_path):
     save_file({k: v for k, v in raw.items() if ".mirror." not in k}, str(tmp_path / "old.safetensors"))
     old = LatentCrops(str(tmp_path / "old.safetensors"), 8, seed=0, features=False)
     assert not old.flips and sources(old) == {0}
-
-
-def test_a_training_lambda_range_bounds_what_the_stages_train(folders, tmp_path, monkeypatch):
-    """The compression section's ``train_lambda_range`` is the λ range the compression stage and stages
-    1 and 2 sample; the written model still takes every λ of its gains (the files' range)."""
-    from rdeic_codec import profiles
-    from rdeic_codec.training import stage_finetune, stage_rdeic
-
-    tiny = copy.deepcopy(profiles.PROFILES["tiny-hyperprior"])
-    tiny["compression"]["train_lambda_range"] = [0.2, 0.6]
-    monkeypatch.setitem(profiles.PROFILES, "tiny-hyperprior", tiny)
-    drawn, sample = [], stage_rdeic.sample_lambdas
-
-    def recording(n, lo, hi, generator):
-        lam = sample(n, lo, hi, generator)
-        drawn.append(lam)
-        return lam
-
-    monkeypatch.setattr(stage_rdeic, "sample_lambdas", recording)
-    monkeypatch.setattr(stage_finetune, "sample_lambdas", recording)
-    dest = tmp_path / "model"
-    pipeline.run(str(folders / "train"), str(folders / "valid"), str(tmp_path / "work"), str(dest),
-                 profile="tiny-hyperprior", steps={name: 1 for name in pipeline.STAGES} | {"compression": 3},
-                 log=lambda m: None)
-    lams = torch.cat(drawn)
-    assert len(drawn) >= 3 and lams.min() >= 0.2 - 1e-6 and lams.max() <= 0.6 + 1e-6
-    trained = load_model(str(dest))
-    assert trained.compression.lambda_range == (pytest.approx(0.1), pytest.approx(2.0))
-    image = smooth_image(64, 64)
-    assert codec.decode(trained, codec.encode(trained, image, 2.0).data).shape == image.shape

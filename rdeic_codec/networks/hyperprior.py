@@ -95,8 +95,6 @@ class HyperpriorModule(LambdaGains, nn.Module):
             (c, the control module's input), ``latent_channels`` (z_c), ``lambdas``, ``blocks``
             ("activated", the default: the paper module's residual blocks, ending in a LeakyReLU;
             "plain": :class:`~.blocks.PlainResidualBlock` and plain resampling, which learned better).
-            The training keys (``zc_*_weight``, ``distortion_*``, ``train_lambda_range``, ``rate_targets``)
-            are read by ``rdeic_codec/training/stage_rdeic.py`` and the pipeline, not here.
     """
 
     def __init__(self, cfg: dict):

@@ -22,7 +22,7 @@ from .file_rate import file_bpp, validation_images
 from .loop import Trainer
 from .losses import ms_ssim_loss
 from .stage_rdeic import (compression_is_frozen, compression_source, diffusion_stage_weight, sample_lambdas,
-                          training_lambda_range, zc_distortion)
+                          zc_distortion)
 
 PERCEPTUAL_WEIGHT = 0.5
 
@@ -84,7 +84,7 @@ def train_finetune(model, train_dir: str, valid_dir: str, work_dir: str, steps: 
     model.to(dev)
     data = ImageFolderCrops(train_dir, crop, seed=trainer.seed(seed))
     valid = ImageFolderCrops(valid_dir, 256, seed=1)
-    lo, hi = training_lambda_range(model)
+    lo, hi = model.compression.lambda_range
     gen = torch.Generator().manual_seed(trainer.seed(seed))
 
     def draw():

@@ -52,18 +52,6 @@ def sample_lambdas(n: int, lo: float, hi: float, generator) -> torch.Tensor:
     return torch.exp(math.log(lo) + u * (math.log(hi) - math.log(lo)))
 
 
-def training_lambda_range(model) -> tuple[float, float]:
-    """The λ range the training stages sample (log-uniform): the compression section's
-    ``train_lambda_range`` where it sets one, else the gains' whole range.
-
-    Why a narrower range: the rate calibration maps the user's λ range onto the trained λ that give the
-    target rates, and for 316b76f2 those were 0.104 … 0.834 of the trained 0.1 … 2, so a third of every
-    batch trained rates that no file uses. The gains still span ``lambdas`` (the λ a file can ask for).
-    """
-    rng = model.compression.cfg.get("train_lambda_range")
-    return tuple(float(v) for v in rng) if rng else model.compression.lambda_range
-
-
 def distortion_weight(model, lam: torch.Tensor) -> torch.Tensor:
     """The weight of the distortion terms: ``distortion_scale``·λ^``distortion_power`` (the paper: 1·λ¹).
 
@@ -187,7 +175,7 @@ def train_stage1(model, cache_path: str, valid_cache: str, work_dir: str, steps:
     valid = LatentCrops(valid_cache, crop, seed=1, features=features, flips=False)
     dcfg = model.config["diffusion"]
     ab = torch.tensor(alphas_cumprod(dcfg), dtype=torch.float32, device=dev)
-    lo, hi = training_lambda_range(model)
+    lo, hi = model.compression.lambda_range
     gen = torch.Generator().manual_seed(trainer.seed(seed))
     z_valid, feat_valid = (v if v is None else v.to(dev) for v in valid.batch(8, indices=range(8)))  # same crops every time
     real_images = validation_images(valid_dir) if valid_dir else []
@@ -226,7 +214,7 @@ def estimate_index_prior(model, cache_path: str, crop: int = 32, batches: int = 
     """Replace the codebook usage EMA by counts over training crops (the coding-time index prior)."""
     data = LatentCrops(cache_path, crop, seed=123)
     counts = torch.zeros_like(model.compression.quantize.embed_prob)
-    lo, hi = training_lambda_range(model)
+    lo, hi = model.compression.lambda_range
     g = torch.Generator().manual_seed(0)
     dev = next(model.compression.parameters()).device
     with torch.no_grad():
