@@ -41,6 +41,11 @@ def interpolate(points, bpp: float, metric: str) -> tuple[float, bool]:
     return y0 + (y1 - y0) * (x - x0) / (x1 - x0), not xs[0] <= x <= xs[-1]
 
 
+def mean_metrics(rows: list[dict]) -> dict:
+    """Mean of each metric over ``rows`` (those every row has)."""
+    return {m: sum(r[m] for r in rows) / len(rows) for m in METRICS if rows and all(r.get(m) is not None for r in rows)}
+
+
 def best_avif(report: dict, lam: float) -> dict | None:
     """Mean over photos of the better of AVIF and AVIF at half size (by MS-SSIM) at no more bytes than
     rdeic's file for λ; None if the report has no AVIF rows for it."""
@@ -53,17 +58,14 @@ def best_avif(report: dict, lam: float) -> dict | None:
     if not by_image:
         return None
     rows = list(by_image.values())
-    return {"bpp": sum(r["bpp"] for r in rows) / len(rows), "n": len(rows), "images": set(by_image),
-            **{m: sum(r[m] for r in rows) / len(rows) for m in METRICS if all(r.get(m) is not None for r in rows)}}
+    return {"bpp": sum(r["bpp"] for r in rows) / len(rows), "n": len(rows), "images": set(by_image), **mean_metrics(rows)}
 
 
 def rdeic_on(report: dict, steps: int, lam: float, images: set) -> tuple[dict, int]:
     """Mean metrics of rdeic's (steps, λ) files over ``images`` only, and how many photos it has in all:
     where AVIF cannot reach every photo, its mean and rdeic's table mean are over different photos."""
     rows = [r for r in report["rows"] if r["codec"] == "rdeic" and r.get("steps") == steps and r.get("lambda") == lam]
-    same = [r for r in rows if r["image"] in images]
-    means = {m: sum(r[m] for r in same) / len(same) for m in METRICS if same and all(r.get(m) is not None for r in same)}
-    return means, len(rows)
+    return mean_metrics([r for r in rows if r["image"] in images]), len(rows)
 
 
 def main() -> None:
