@@ -182,6 +182,20 @@ def test_zc_pixel_distortion_measures_the_decoded_image(profile):
     model.compression.cfg.update(zc_msssim_weight=1.0)
     with_msssim, logs = zc_distortion(model, z_c, z, torch.Generator().manual_seed(0))
     assert (with_msssim > dist).all() and 0 < logs["msssim_zc"] < 1
+    # A profile may fade the MS-SSIM term out with λ: full at the low rates, none at the high ones.
+    model.compression.cfg.update(zc_msssim_fade=[0.15, 0.5])
+    lam = torch.tensor([0.1, 2.0])
+    faded, _ = zc_distortion(model, z_c, z, torch.Generator().manual_seed(0), lam)
+    assert torch.allclose(faded, torch.stack([with_msssim[0], dist[1]]))
+
+
+def test_the_ms_ssim_weight_fades_linearly_in_log_lambda():
+    from rdeic_codec.training.stage_rdeic import zc_msssim_weight
+
+    cfg = {"zc_msssim_weight": 0.15, "zc_msssim_fade": [0.15, 0.5]}
+    lam = torch.tensor([0.05, 0.15, (0.15 * 0.5) ** 0.5, 0.5, 2.0])
+    assert torch.allclose(zc_msssim_weight(cfg, lam), torch.tensor([0.15, 0.15, 0.075, 0.0, 0.0]), atol=1e-6)
+    assert zc_msssim_weight({"zc_msssim_weight": 0.15}, lam) == 0.15  # no fade: flat, as before
 
 
 def test_an_anchored_stage_1_starts_at_z_c_and_trains_its_head(folders, tmp_path):

@@ -46,7 +46,7 @@ def finetune_loss(model, x: torch.Tensor, lam: torch.Tensor, steps: int, generat
     rec = decode_latent(model.vae, latent)
     mse = (rec - x).pow(2).flatten(1).mean(1)
     perceptual = ms_ssim_loss(rec, x)
-    dist_zc, _ = zc_distortion(model, out["z_c"], z, generator)
+    dist_zc, _ = zc_distortion(model, out["z_c"], z, generator, lam)
     bpp = out["bits"] / (x.shape[2] * x.shape[3])
     lam = diffusion_stage_weight(model, lam)
     loss = (lam * (mse + PERCEPTUAL_WEIGHT * perceptual + dist_zc)).mean() + bpp.mean() + out["vq_loss"]

@@ -74,7 +74,24 @@ def diffusion_stage_weight(model, lam: torch.Tensor) -> torch.Tensor:
 PIXEL_WINDOW = 16  # latent pixels (128 image pixels): where the pixel term decodes, to keep it cheap
 
 
-def zc_distortion(model, z_c: torch.Tensor, z: torch.Tensor, generator=None):
+def zc_msssim_weight(cfg: dict, lam: torch.Tensor | None) -> torch.Tensor | float:
+    """The weight of z_c's MS-SSIM term, per sample of raw λ (``lam``) where the profile fades it.
+
+    ``zc_msssim_fade`` = [λ_lo, λ_hi]: the full ``zc_msssim_weight`` up to λ_lo, falling linearly in
+    log λ to 0 at λ_hi and above. Why: the term buys structure at the lowest rates but costs PSNR and
+    MS-SSIM alike at the higher ones (docs/training.md, session 13: without it +0.4–0.5 dB at 0.05–0.08
+    bpp; faded, the same gain there and the low end kept). Without the key (or without λ) the weight is flat.
+    """
+    weight = cfg.get("zc_msssim_weight", 0.0)
+    fade = cfg.get("zc_msssim_fade")
+    if fade is None or lam is None or weight == 0:
+        return weight
+    lo, hi = math.log(fade[0]), math.log(fade[1])
+    share = ((hi - torch.log(lam.float())) / (hi - lo)).clamp(0, 1)
+    return weight * share
+
+
+def zc_distortion(model, z_c: torch.Tensor, z: torch.Tensor, generator=None, lam: torch.Tensor | None = None):
     """The distortion of the latent prediction z_c, per sample; returns (distortion, logs).
 
     The paper's term is MSE(z_c, z) in latent space (``zc_latent_weight`` 1, ``zc_pixel_weight`` 0, the
@@ -84,7 +101,7 @@ def zc_distortion(model, z_c: torch.Tensor, z: torch.Tensor, generator=None):
     image than a blurred image (issue 11: a 2× latent blur costs 12 dB, a 4× image thumbnail 3 dB),
     so the pixel term spends the bits where the decoded image needs them. A small latent term keeps z_c
     near z, which the relay diffusion starts from. ``zc_msssim_weight`` > 0 adds 1 − MS-SSIM on the
-    same window.
+    same window, weighted per sample by :func:`zc_msssim_weight` of the raw λ ``lam``.
 
     When gradients are on but none can reach z_c (stages 1 and 2 with the compression module frozen),
     the distortion is a constant: it returns 0 with only the latent MSE logged, instead of decoding a
@@ -95,9 +112,9 @@ def zc_distortion(model, z_c: torch.Tensor, z: torch.Tensor, generator=None):
     logs = {"mse_zc": mse_lat.mean().item()}
     if torch.is_grad_enabled() and not z_c.requires_grad:
         return torch.zeros_like(mse_lat), logs
-    pixel_weight, msssim_weight = cfg.get("zc_pixel_weight", 0.0), cfg.get("zc_msssim_weight", 0.0)
+    pixel_weight, use_msssim = cfg.get("zc_pixel_weight", 0.0), cfg.get("zc_msssim_weight", 0.0) > 0
     dist = cfg.get("zc_latent_weight", 1.0) * mse_lat
-    if pixel_weight > 0 or msssim_weight > 0:
+    if pixel_weight > 0 or use_msssim:
         w = min(PIXEL_WINDOW, z.shape[2], z.shape[3])
         i, j = (int(torch.randint(0, n - w + 1, (1,), generator=generator)) for n in z.shape[2:])
         window = (slice(None), slice(None), slice(i, i + w), slice(j, j + w))
@@ -107,10 +124,10 @@ def zc_distortion(model, z_c: torch.Tensor, z: torch.Tensor, generator=None):
         mse_pix = (decoded - target).pow(2).flatten(1).mean(1)
         dist = dist + pixel_weight * mse_pix
         logs["psnr_zc"] = 10 * math.log10(4.0 / max(mse_pix.mean().item(), 1e-12))
-        if msssim_weight > 0:
+        if use_msssim:
             # 1 − MS-SSIM, as stage 2 uses in place of LPIPS: structure and contrast, which MSE blurs away.
             perceptual = ms_ssim_loss(decoded, target)
-            dist = dist + msssim_weight * perceptual
+            dist = dist + zc_msssim_weight(cfg, lam) * perceptual
             logs["msssim_zc"] = 1 - perceptual.mean().item()
     return dist, logs
 
@@ -118,8 +135,8 @@ def zc_distortion(model, z_c: torch.Tensor, z: torch.Tensor, generator=None):
 def compression_loss(model, feature, z, lam, generator=None):
     """The pretraining loss of the compression module alone; returns (loss, logs)."""
     out = model.compression(compression_source(model, feature, z), lam)
+    dist, logs = zc_distortion(model, out["z_c"], z, generator, lam)
     lam = distortion_weight(model, lam)
-    dist, logs = zc_distortion(model, out["z_c"], z, generator)
     bpp = out["bits"] / (z.shape[2] * z.shape[3] * 64)
     loss = (2 * lam * dist).mean() + bpp.mean() + out["vq_loss"]
     return loss, {"bpp": bpp.mean().item(), **logs}
@@ -129,7 +146,7 @@ def stage1_loss(model, feature, z, lam, t, ab, relay_start: int, generator):
     """One stage-1 loss evaluation; returns (loss, logs)."""
     with torch.set_grad_enabled(torch.is_grad_enabled() and not compression_is_frozen(model)):
         out = model.compression(compression_source(model, feature, z), lam)
-    lam = diffusion_stage_weight(model, lam)
+    raw_lam, lam = lam, diffusion_stage_weight(model, lam)
     z_c = out["z_c"]
     lam_r = math.sqrt(1.0 / float(ab[relay_start]) - 1.0)
     eps = torch.randn(z.shape, generator=generator).to(z.device) + (z_c - z) / lam_r
@@ -139,7 +156,7 @@ def stage1_loss(model, feature, z, lam, t, ab, relay_start: int, generator):
                                  diffusion=model.config["diffusion"])
     z0 = pred if model.control.prediction_type == "sample" else (x_t - (1 - a).sqrt() * pred) / a.sqrt()
     mse_x0 = (z0 - z).pow(2).flatten(1).mean(1)
-    dist_zc, logs = zc_distortion(model, z_c, z, generator)
+    dist_zc, logs = zc_distortion(model, z_c, z, generator, raw_lam)
     pixels = z.shape[2] * z.shape[3] * 64
     bpp = out["bits"] / pixels
     loss = (lam * (mse_x0 + dist_zc)).mean() + bpp.mean() + out["vq_loss"]
