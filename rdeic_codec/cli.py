@@ -397,7 +397,8 @@ def info(input_path):
               help="Folder for checkpoints and caches; running again resumes from it.")
 @click.option("-o", "--output", type=click.Path(file_okay=False), default=None,
               help="Write the finished model directory here.")
-@click.option("--stages", default="autoencoder,decoder,denoiser,compression,stage1,finetune", show_default=True,
+@click.option("--stages", default="autoencoder,decoder,denoiser,compression,stage1,finetune,decoder_zc",
+              show_default=True,
               help="Comma-separated stages to run, in order.")
 @click.option("--steps", "step_overrides", multiple=True, metavar="STAGE=N",
               help="Iterations of a stage, e.g. --steps stage1=5000 (repeatable).")

@@ -107,6 +107,75 @@ def test_a_stage_run_alone_starts_from_the_stage_before(folders, tmp_path):
             torch.testing.assert_close(tuned[k], v, atol=1e-3, rtol=0), k
 
 
+def test_photo_crops_lie_under_their_latent_crops(folders, tmp_path):
+    import copy
+
+    from rdeic_codec.networks.autoencoder import load_autoencoder
+    from rdeic_codec.training.data import list_images, load_rgb
+    from rdeic_codec.training.latent_cache import LatentCrops, LatentPhotoCrops, build_cache
+
+    work = tmp_path / "work"
+    pipeline.run(str(folders / "train"), str(folders / "valid"), str(work), None, profile="tiny",
+                 stages=("autoencoder",), steps={"autoencoder": 1}, log=lambda m: None)
+    cache = str(tmp_path / "cache.safetensors")
+    build_cache(load_autoencoder(str(work / "autoencoder" / "vae")).eval(), str(folders / "train"), cache,
+                log=lambda m: None)
+    crops = LatentPhotoCrops(cache, str(folders / "train"), 8, seed=3, features=False)
+    draws = copy.deepcopy(crops.rng)
+    z, feat, photos = crops.batch(6)
+    assert feat is None and photos.shape == (6, 3, 64, 64) and photos.min() >= -1 and photos.max() <= 1
+    crops.rng = draws
+    indices = [int(i) for i in crops.rng.integers(0, len(crops), 6)]
+    paths = list_images(str(folders / "train"))
+    mirrored = 0
+    for k, i in enumerate(indices):
+        y, x, m = crops._draw_window(i)
+        mirrored += m
+        photo = load_rgb(paths[int(crops.keys[i])])  # 256×256: the cache keeps it whole
+        photo = photo[:, ::-1] if m else photo
+        expected = torch.from_numpy(photo[8 * y : 8 * y + 64, 8 * x : 8 * x + 64].copy()).permute(2, 0, 1).float()
+        assert torch.equal(photos[k], expected / 127.5 - 1)
+        assert torch.equal(z[k], crops.latents[i][m][:, y : y + 8, x : x + 8])
+    assert 0 < mirrored < 6  # both the photos and their mirror images came up
+    # The latents are those LatentCrops gives for the same draws.
+    plain = LatentCrops(cache, 8, seed=3, features=False)
+    assert torch.equal(plain.batch(6)[0], z)
+    # A cache from other photos is refused.
+    with pytest.raises(ValueError, match="was not built from"):
+        LatentPhotoCrops(cache, str(folders / "valid"), 8)
+
+
+def test_the_decoder_zc_stage_changes_the_decoder_only(folders, tmp_path):
+    """The stage refines what turns z_c into pixels and nothing else: the files stay byte for byte."""
+    run = dict(profile="tiny-hyperprior", log=lambda m: None)
+    first = tmp_path / "first"
+    stages = ("autoencoder", "denoiser", "compression", "stage1", "finetune")
+    pipeline.run(str(folders / "train"), str(folders / "valid"), str(tmp_path / "work1"), str(first),
+                 stages=stages, steps={s: 1 for s in stages}, **run)
+    work, refined = tmp_path / "work2", tmp_path / "refined"
+    pipeline.run(str(folders / "train"), str(folders / "valid"), str(work), str(refined), stages=("decoder_zc",),
+                 steps={"decoder_zc": 3}, start_from=str(first), **run)
+    a, b = load_model(str(first)), load_model(str(refined))
+    assert b.config["training"]["stages"][-1] == "decoder_zc" and b.config["training"]["steps"]["decoder_zc"] == 3
+    for part in ("unet", "compression", "control"):
+        for k, v in a.component(part).state_dict().items():
+            assert torch.equal(v, b.component(part).state_dict()[k]), (part, k)
+    va, vb = a.vae.state_dict(), b.vae.state_dict()
+    changed = {k for k in va if not torch.equal(va[k], vb[k])}
+    assert changed and all(k.startswith("decoder.") or k.startswith("post_quant_conv.") for k in changed)
+    from rdeic_codec.container import unpack
+
+    image = smooth_image(64, 64)
+    head_a, payload_a = unpack(codec.encode(a, image, 1.0).data)
+    head_b, payload_b = unpack(codec.encode(b, image, 1.0).data)
+    assert payload_a == payload_b and head_a.lam == head_b.lam  # the same bits; only the model id differs
+    assert b.config["training"]["rate_calibration"] == a.config["training"]["rate_calibration"]
+    assert not np.array_equal(codec.decode(a, codec.encode(a, image, 1.0).data, steps=0),
+                              codec.decode(b, codec.encode(b, image, 1.0).data, steps=0))
+    log = open(work / "decoder_zc" / "valid.log").read().splitlines()
+    assert len(log) == 2 and "λ=0.1: psnr_zc" in log[-1]
+
+
 def test_validation_rate_is_the_size_of_real_files(tiny_model):
     from rdeic_codec.training.file_rate import file_bpp
 

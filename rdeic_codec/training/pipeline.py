@@ -1,7 +1,7 @@
 """``rdeic train``: the small profile's stages in order, each resumable, assembled into a model directory.
 
-    autoencoder → (decoder) → cache → denoiser, compression → stage1 → finetune (stage 2) → (VQ index prior)
-    → (rate calibration) → model dir
+    autoencoder → (decoder) → cache → denoiser, compression → stage1 → finetune (stage 2) → decoder_zc
+    → (VQ index prior) → (rate calibration) → model dir
 
 "denoiser" and "compression" are independent of each other: on a machine with spare cores they can
 run at the same time, as two ``rdeic train --stages ...`` processes with the same ``--work``.
@@ -21,7 +21,7 @@ from ..model import RDEICModel, save_model
 from ..profiles import get_profile
 from .distributed import runtime
 
-STAGES = ("autoencoder", "decoder", "denoiser", "compression", "stage1", "finetune")
+STAGES = ("autoencoder", "decoder", "denoiser", "compression", "stage1", "finetune", "decoder_zc")
 
 
 def _done(work: str, stage: str) -> bool:
@@ -50,6 +50,7 @@ def run(train_dir: str, valid_dir: str, work: str, output: str | None, profile: 
     from .latent_cache import build_cache
     from .stage_autoencoder import train_autoencoder
     from .stage_decoder import train_decoder
+    from .stage_decoder_zc import checkpointed_modules, train_decoder_zc
     from .stage_denoiser import train_denoiser
     from .stage_finetune import train_finetune
     from .stage_rdeic import estimate_index_prior, train_stage1
@@ -59,6 +60,7 @@ def run(train_dir: str, valid_dir: str, work: str, output: str | None, profile: 
     # A profile may set its own counts (``stage_steps``, training only); --steps overrides both.
     recipe = get_profile(profile)
     steps = {"autoencoder": 4500, "decoder": 1000, "denoiser": 2100, "compression": 1800, "stage1": 2200, "finetune": 2000,
+             "decoder_zc": 3000,
              **recipe.pop("stage_steps", {}), **(steps or {})}
     rt = runtime(device)
     if not rt.is_main:
@@ -134,6 +136,12 @@ def run(train_dir: str, valid_dir: str, work: str, output: str | None, profile: 
                 train_finetune(model, train_dir, valid_dir, folder, steps[stage], seed=seed)
             _mark_done(work, stage)
         previous = stage
+    folder = os.path.join(work, "decoder_zc")
+    if _done(work, "decoder_zc"):
+        load_checkpoint(folder, checkpointed_modules(model))
+    elif "decoder_zc" in stages:
+        train_decoder_zc(model, train_cache, train_dir, valid_cache, valid_dir, folder, steps["decoder_zc"], seed=seed)
+        _mark_done(work, "decoder_zc")
     if output and rt.is_main:
         model.eval()
         if hasattr(model.compression.quantize, "embed_prob"):  # a VQ hyper latent's coding prior
@@ -141,7 +149,12 @@ def run(train_dir: str, valid_dir: str, work: str, output: str | None, profile: 
         model.to("cpu")
         extra = {}
         targets = config["compression"].get("rate_targets")
-        if targets and model.compression.lambda_range:
+        kept = _calibration_kept(model, start_from)
+        if kept is not None:
+            # The start model's compression module, untouched (e.g. only decoder_zc ran): its rates are what
+            # they were, and calibrating again would resample gains that were resampled already.
+            extra["rate_calibration"] = kept
+        elif targets and model.compression.lambda_range:
             from .rate_calibration import calibrate_rates, calibration_photos
 
             extra["rate_calibration"] = calibrate_rates(model, calibration_photos(train_dir), *targets, log=log)
@@ -151,6 +164,20 @@ def run(train_dir: str, valid_dir: str, work: str, output: str | None, profile: 
                                                   "seed": seed, **extra}})
         log(f"wrote {output} (model id {model_id})")
     rt.barrier()
+
+
+def _calibration_kept(model: RDEICModel, start_from: str | None) -> dict | None:
+    """The start model's rate calibration, if its compression module comes through unchanged; else None."""
+    if not start_from:
+        return None
+    from ..model import load_model
+
+    start = load_model(start_from, parts=("compression",))
+    kept = start.config.get("training", {}).get("rate_calibration")
+    theirs, ours = start.compression.state_dict(), model.compression.state_dict()
+    if kept is None or any(not torch.equal(v, ours[k].to(v)) for k, v in theirs.items()):
+        return None
+    return kept
 
 
 def _quiet(message: str) -> None:
