@@ -147,11 +147,16 @@ def test_photo_crops_lie_under_their_latent_crops(folders, tmp_path):
 
 def test_the_decoder_zc_stage_changes_the_decoder_only(folders, tmp_path):
     """The stage refines what turns z_c into pixels and nothing else: the files stay byte for byte."""
+    from conftest import make_tiny_model
+    from rdeic_codec.model import save_model
+
     run = dict(profile="tiny-hyperprior", log=lambda m: None)
+    # A finished model as rdeic train writes one (its stages and rate calibration in the config).
     first = tmp_path / "first"
     stages = ("autoencoder", "denoiser", "compression", "stage1", "finetune")
-    pipeline.run(str(folders / "train"), str(folders / "valid"), str(tmp_path / "work1"), str(first),
-                 stages=stages, steps={s: 1 for s in stages}, **run)
+    made = load_model(make_tiny_model(str(tmp_path / "made"), profile="tiny-hyperprior"))
+    save_model(made, str(first), name="first", extra={"training": {
+        "stages": list(stages), "steps": {s: 1 for s in stages}, "rate_calibration": {"photos": 24}}})
     work, refined = tmp_path / "work2", tmp_path / "refined"
     pipeline.run(str(folders / "train"), str(folders / "valid"), str(work), str(refined), stages=("decoder_zc",),
                  steps={"decoder_zc": 3}, start_from=str(first), **run)
