@@ -48,7 +48,7 @@ def decoder_zc_loss(model, feature, z, photo, lam, clean_share: float, msssim_we
         clean_share: the share of samples that decode z instead of z_c.
         msssim_weight: the weight of 1 − MS-SSIM next to the MSE.
     """
-    # z_c as decoding makes it (float32, rounded), whatever the training precision.
+    # z_c in float32 with y rounded as coding rounds it, whatever the training precision.
     with torch.no_grad(), torch.autocast(z.device.type, enabled=False):
         z_c = model.compression(compression_source(model, feature, z), lam)["z_c"].float()
         clean = torch.rand(z.shape[0], generator=generator) < clean_share
