@@ -146,8 +146,9 @@ def test_photo_crops_lie_under_their_latent_crops(folders, tmp_path):
 
 
 def test_the_decoder_zc_stage_changes_the_decoder_only(folders, tmp_path):
-    """The stage refines what turns z_c into pixels and nothing else: the files stay byte for byte."""
+    """The stage refines what turns z_c into pixels and nothing else: the files' payloads stay byte for byte."""
     from conftest import make_tiny_model
+    from rdeic_codec.container import unpack
     from rdeic_codec.model import save_model
 
     run = dict(profile="tiny-hyperprior", log=lambda m: None)
@@ -168,8 +169,6 @@ def test_the_decoder_zc_stage_changes_the_decoder_only(folders, tmp_path):
     va, vb = a.vae.state_dict(), b.vae.state_dict()
     changed = {k for k in va if not torch.equal(va[k], vb[k])}
     assert changed and all(k.startswith("decoder.") or k.startswith("post_quant_conv.") for k in changed)
-    from rdeic_codec.container import unpack
-
     image = smooth_image(64, 64)
     head_a, payload_a = unpack(codec.encode(a, image, 1.0).data)
     head_b, payload_b = unpack(codec.encode(b, image, 1.0).data)
