@@ -14,7 +14,8 @@ after stage 2: the steps' outputs lie between z_c and the true latent z, so a sh
 
 On the 66 validation photos, 316b76f2's decoder after 3,000 iterations (the shipped model 3b514f0e) gave
 z_c +0.13 / +0.24 / +0.17 dB and +0.003 to +0.005 MS-SSIM at λ = 0.1 / 0.5 / 2, NIQE 0.17–0.45 lower,
-from the same files; with 5 steps +0.07 / +0.14 / +0.01 dB (docs/training.md, session 14).
+from the same files; with 5 steps +0.07 / +0.14 / +0.01 dB (docs/training.md, session 14). Its price: the
+true latent z, which no file gives, decoded 0.86 dB worse (29.05 dB on the 66 validation centre crops).
 """
 
 from __future__ import annotations
