@@ -83,12 +83,19 @@ class LatentCrops:
 
     def batch(self, size: int, indices=None):
         """(latents (B,4,c,c), features (B,C,c,c) float32 or None), both at latent resolution."""
+        return self._cut(self._draw_windows(size, indices))
+
+    def _draw_windows(self, size: int, indices=None) -> list[tuple[int, int, int, int]]:
+        """(image i, y, x, m) of each crop of a batch (see :meth:`_draw_window`)."""
         if indices is None:
             indices = self.rng.integers(0, len(self.latents), size)
-        indices = [int(i) % len(self.latents) for i in indices]  # small folders repeat images
+        # Small folders repeat images.
+        return [(i, *self._draw_window(i)) for i in (int(i) % len(self.latents) for i in indices)]
+
+    def _cut(self, windows) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """The latents and features (or None) of ``windows``, stacked."""
         lat, feat = [], []
-        for i in indices:
-            y, x, m = self._draw_window(i)
+        for i, y, x, m in windows:
             window = (slice(None), slice(y, y + self.crop), slice(x, x + self.crop))
             lat.append(self.latents[i][m][window])
             if self.features is not None:
@@ -133,16 +140,10 @@ class LatentPhotoCrops(LatentCrops):
 
     def batch(self, size: int, indices=None):
         """(latents (B,C,c,c), features or None, photos (B,3,8c,8c) in [-1, 1]) of the same crops."""
-        if indices is None:
-            indices = self.rng.integers(0, len(self.latents), size)
-        lat, feat, pix = [], [], []
-        for i in (int(i) % len(self.latents) for i in indices):
-            y, x, m = self._draw_window(i)
-            window = (slice(None), slice(y, y + self.crop), slice(x, x + self.crop))
-            lat.append(self.latents[i][m][window])
-            if self.features is not None:
-                feat.append(self.features[i][m][window].float())
+        windows = self._draw_windows(size, indices)
+        pix = []
+        for i, y, x, m in windows:
             photo = self.photos[i][:, ::-1] if m else self.photos[i]
             pix.append(torch.from_numpy(np.ascontiguousarray(photo[8 * y : 8 * (y + self.crop), 8 * x : 8 * (x + self.crop)])))
         photos = torch.stack(pix).permute(0, 3, 1, 2).float() / 127.5 - 1
-        return torch.stack(lat), (torch.stack(feat) if feat else None), photos
+        return (*self._cut(windows), photos)
