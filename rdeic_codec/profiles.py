@@ -204,10 +204,9 @@ HYPERPRIOR_COMPRESSION = {
     # 0.15·(1 − MS-SSIM) of the same window: at matched rate on 12 whole photos, +0.015 MS-SSIM at 0.02–0.09
     # bpp, PSNR within 0.1 dB (1,200 iterations on from the shipped module; docs/training.md, session 11).
     "zc_msssim_weight": 0.15,
-    # ... at full weight up to λ = 0.15, falling linearly in log λ to 0 at λ = 0.5 (stage_rdeic.zc_msssim_weight):
-    # 1,800 iterations on from the shipped module, against the same run with the flat weight, +0.02 to +0.44 dB
-    # at matched rate on 12 whole photos, most at 0.05–0.09 bpp (docs/training.md, session 13).
-    "zc_msssim_fade": [0.15, 0.5],
+    # The same weight faded out above λ = 0.15 (``zc_msssim_fade`` [0.15, 0.5], stage_rdeic.zc_msssim_weight)
+    # is not in the profile: from scratch it cost 0.01–0.02 MS-SSIM at every rate for at most 0.2 dB
+    # (docs/training.md, sessions 14 and 15).
     # Written model: the λ range is mapped onto these mean file rates (bpp) at λ = 0.1 and 2,
     # measured on 24 training photos (rdeic_codec/training/rate_calibration.py): the issue-21 range
     # (λ = 0.1 → ≤ 0.03, λ = 2 → 0.10–0.14) with a margin for varied photos.
