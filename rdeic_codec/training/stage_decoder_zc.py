@@ -39,10 +39,8 @@ def checkpointed_modules(model) -> dict:
 WINDOW = 16  # latent pixels (128 image pixels) decoded with gradients, out of each crop's z_c
 
 
-def decoder_zc_loss(model, feature, z, photo, lam, clean_share: float, msssim_weight: float, generator=None,
-                    adversarial=None):
-    """One loss evaluation; returns (loss, logs). With ``adversarial`` (an :class:`.adversarial.AdversarialTerm`
-    conditioned on the decoded latent), its critic takes a step on this batch first.
+def decoder_zc_loss(model, feature, z, photo, lam, clean_share: float, msssim_weight: float, generator=None):
+    """One loss evaluation; returns (loss, logs).
 
     Args:
         feature, z: the crops' encoder features (None for a module that reads the latent) and latents.
@@ -65,18 +63,12 @@ def decoder_zc_loss(model, feature, z, photo, lam, clean_share: float, msssim_we
     mse = (decoded - target).pow(2).flatten(1).mean(1)
     perceptual = ms_ssim_loss(decoded, target)
     loss = (mse + msssim_weight * perceptual).mean()
-    logs = {"psnr": 10 * math.log10(4.0 / max(mse.mean().item(), 1e-12)), "msssim": 1 - perceptual.mean().item()}
-    if adversarial is not None:
-        condition = latent[:, :, i : i + w, j : j + w]
-        logs["d_loss"] = adversarial.update(target, decoded, condition)
-        loss = loss + adversarial.weight * adversarial.generator_loss(decoded, condition).mean()
-    return loss, logs
+    return loss, {"psnr": 10 * math.log10(4.0 / max(mse.mean().item(), 1e-12)), "msssim": 1 - perceptual.mean().item()}
 
 
 def train_decoder_zc(model, cache_path: str, train_dir: str, valid_cache: str, valid_dir: str, work_dir: str,
                      steps: int, batch: int = 8, crop: int = 32, lr: float = 1e-4, clean_share: float = 0.25,
-                     msssim_weight: float = 0.1, adversarial_weight: float = 0.0, seed: int = 0,
-                     save_every: int = 300):
+                     msssim_weight: float = 0.1, seed: int = 0, save_every: int = 300):
     """Train (or resume) the decoder of ``model`` on its compression module's z_c; updates ``model``.
 
     Args:
@@ -88,22 +80,13 @@ def train_decoder_zc(model, cache_path: str, train_dir: str, valid_cache: str, v
         crop: crop side in latent pixels (the decoder trains on a ``WINDOW``-pixel window of it).
         lr: peak learning rate.
         clean_share, msssim_weight: see :func:`decoder_zc_loss`.
-        adversarial_weight: > 0 adds HiFiC's adversarial term with a luma patch critic on the decoded
-            window, conditioned on the latent decoded (:mod:`.adversarial`).
     """
     torch.manual_seed(seed)
     model.requires_grad_(False)
     trained = checkpointed_modules(model)
     for m in trained.values():
         m.requires_grad_(True)
-    params = [p for m in trained.values() for p in m.parameters()]
-    adversarial = None
-    if adversarial_weight > 0:
-        from .adversarial import AdversarialTerm
-
-        adversarial = AdversarialTerm(model.config["unet"]["in_channels"], adversarial_weight)
-        trained["critic"] = adversarial.critic  # checkpointed with the stage, never written to the model
-    trainer = Trainer("decoder_zc", work_dir, trained, steps, lr, params=params, clip=1.0, save_every=save_every)
+    trainer = Trainer("decoder_zc", work_dir, trained, steps, lr, clip=1.0, save_every=save_every)
     dev = trainer.device
     model.to(dev)
     model.compression.eval()
@@ -115,7 +98,7 @@ def train_decoder_zc(model, cache_path: str, train_dir: str, valid_cache: str, v
     gen = torch.Generator().manual_seed(trainer.seed(seed))
 
     def loss_fn(feat, z, photo, lam, g=gen):
-        return decoder_zc_loss(model, feat, z, photo, lam, clean_share, msssim_weight, g, adversarial)
+        return decoder_zc_loss(model, feat, z, photo, lam, clean_share, msssim_weight, g)
 
     def draw():
         z, feat, photo = data.batch(batch)
