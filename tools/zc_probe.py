@@ -3,6 +3,7 @@
     python tools/zc_probe.py ../shared/data/valid --checkpoint WORK/compression --profile small-hyperprior \
         --lambda 2 [--input latent] [--limit 12] [--crop 256]
     python tools/zc_probe.py ../shared/data/valid --model models/rdeic-small --lambda 0.5,2
+    python tools/zc_probe.py ../shared/data/valid --ceiling [--autoencoder M]
 
 For each photo (whole, or its centre crop with ``--crop``): the shipped model's autoencoder encodes it,
 the compression module (a stage checkpoint built from ``--profile``'s compression section, or a model
@@ -11,7 +12,8 @@ module's own likelihoods (y and z; for a model directory with a VQ hyper latent,
 add about 0.002 bpp), PSNR and MS-SSIM against the photo. No file is written, so a checkpoint whose g_a
 reads the latent (``--input latent``, a probe the coder does not run) can be measured too; the training
 rate agrees with real files within a few percent (docs/training.md, session 9), and `rdeic eval` is the
-measure for anything shipped.
+measure for anything shipped. ``--ceiling`` decodes the true latent z instead: what no compression
+module on this autoencoder can exceed.
 """
 
 from __future__ import annotations
@@ -60,12 +62,13 @@ def main() -> None:
     ap.add_argument("--lambda", dest="lams", default="0.1,0.5,2")
     ap.add_argument("--limit", type=int, default=12)
     ap.add_argument("--crop", type=int, default=0, help="centre crops of this side instead of whole photos")
+    ap.add_argument("--ceiling", action="store_true", help="decode the true latent z (no compression module)")
     args = ap.parse_args()
-    if not (args.checkpoint or args.model):
-        ap.error("give --checkpoint or --model")
+    if not (args.checkpoint or args.model or args.ceiling):
+        ap.error("give --checkpoint, --model or --ceiling")
     torch.set_num_threads(1)
     vae = load_model(args.autoencoder).vae
-    comp = build_module(args).eval()
+    comp = None if args.ceiling else build_module(args).eval()
     names = sorted(os.listdir(args.folder))[: args.limit]
     photos = []
     for name in names:
@@ -75,6 +78,18 @@ def main() -> None:
             y, x = (h - args.crop) // 2, (w - args.crop) // 2
             img = np.ascontiguousarray(img[y : y + args.crop, x : x + args.crop])
         photos.append(img)
+    if comp is None:
+        rows = []
+        for img in photos:
+            h, w = img.shape[:2]
+            with torch.no_grad():
+                z = latent_from_feature(vae, encoder_feature(vae, codec._to_tensor(codec.pad_image(img), "cpu")))
+                rec = codec._to_uint8(decode_latent(vae, z))[:h, :w]
+            rows.append((psnr(img, rec), ms_ssim(img, rec)))
+        r = np.mean(rows, axis=0)
+        print(json.dumps({"latent": "z", "photos": len(rows), "crop": args.crop or None, "psnr": round(float(r[0]), 3),
+                          "ms_ssim": round(float(r[1]), 4)}), flush=True)
+        return
     for lam in (float(v) for v in args.lams.split(",")):
         rows = []
         for img in photos:
