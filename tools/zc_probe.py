@@ -78,13 +78,20 @@ def main() -> None:
             y, x = (h - args.crop) // 2, (w - args.crop) // 2
             img = np.ascontiguousarray(img[y : y + args.crop, x : x + args.crop])
         photos.append(img)
+    # The autoencoder's encoder is the same for every λ: each photo is encoded once.
+    with torch.no_grad():
+        features = [encoder_feature(vae, codec._to_tensor(codec.pad_image(img), "cpu")) for img in photos]
+    reads_latent = getattr(comp, "reads_latent", False) if args.model else args.input == "latent"
+
+    def decoded(img, latent):
+        h, w = img.shape[:2]
+        with torch.no_grad():
+            return codec._to_uint8(decode_latent(vae, latent))[:h, :w]
+
     if comp is None:
         rows = []
-        for img in photos:
-            h, w = img.shape[:2]
-            with torch.no_grad():
-                z = latent_from_feature(vae, encoder_feature(vae, codec._to_tensor(codec.pad_image(img), "cpu")))
-                rec = codec._to_uint8(decode_latent(vae, z))[:h, :w]
+        for img, feature in zip(photos, features):
+            rec = decoded(img, latent_from_feature(vae, feature))
             rows.append((psnr(img, rec), ms_ssim(img, rec)))
         r = np.mean(rows, axis=0)
         print(json.dumps({"latent": "z", "photos": len(rows), "crop": args.crop or None, "psnr": round(float(r[0]), 3),
@@ -92,15 +99,11 @@ def main() -> None:
         return
     for lam in (float(v) for v in args.lams.split(",")):
         rows = []
-        for img in photos:
-            h, w = img.shape[:2]
+        for img, feature in zip(photos, features):
             with torch.no_grad():
-                feature = encoder_feature(vae, codec._to_tensor(codec.pad_image(img), "cpu"))
-                reads_latent = getattr(comp, "reads_latent", False) if args.model else args.input == "latent"
-                source = latent_from_feature(vae, feature) if reads_latent else feature
-                out = comp(source, torch.tensor([lam]))
-                rec = codec._to_uint8(decode_latent(vae, out["z_c"]))[:h, :w]
-            rows.append((float(out["bits"][0]) / (h * w), psnr(img, rec), ms_ssim(img, rec)))
+                out = comp(latent_from_feature(vae, feature) if reads_latent else feature, torch.tensor([lam]))
+            rec = decoded(img, out["z_c"])
+            rows.append((float(out["bits"][0]) / (img.shape[0] * img.shape[1]), psnr(img, rec), ms_ssim(img, rec)))
         r = np.mean(rows, axis=0)
         print(json.dumps({"lambda": lam, "photos": len(rows), "crop": args.crop or None, "bpp": round(float(r[0]), 5),
                           "psnr": round(float(r[1]), 3), "ms_ssim": round(float(r[2]), 4)}), flush=True)
