@@ -200,6 +200,10 @@ def _size_option(ctx, param, value):
                    "searched over the model's λ range.")
 @click.option("--bpp", type=float, default=None,
               help="Instead of --lambda: the largest file not over this many bits per pixel.")
+@click.option("--refine", type=click.IntRange(0, 1000), default=0, show_default=True, metavar="N",
+              help="Refine the latent for this image in N gradient steps before coding (with --lambda): "
+                   "smaller files at the same quality, decoded as any other; encoding takes about N "
+                   "decoder passes longer. 25 is a good start.")
 @model_option
 @device_option
 @threads_option
@@ -208,13 +212,14 @@ def _size_option(ctx, param, value):
 @click.option("--max-pixels", type=click.IntRange(1), default=None,
               help="Refuse images with more pixels than this, counted as for decode (default 100000000).")
 @half_option
-def encode(paths, out_dir, lam, size, bpp, model_dir, device, threads, quiet, force, max_pixels, half):
+def encode(paths, out_dir, lam, size, bpp, refine, model_dir, device, threads, quiet, force, max_pixels, half):
     """Compress an image (PNG, JPEG, WebP, TIFF, BMP; '-' for stdin) to an .rdc file ('-' for stdout).
 
     \b
       rdeic encode in.png out.rdc --lambda 0.5
       rdeic encode in.png out.rdc --size 2k        # the largest file not over 2000 bytes
       rdeic encode *.png -o out/ --bpp 0.05        # out/NAME.rdc for each; the model loads once
+      rdeic encode in.png out.rdc --lambda 0.5 --refine 25   # slower encode, smaller file
 
     Alpha is not coded: transparent pixels are composited over white.
     """
@@ -222,9 +227,12 @@ def encode(paths, out_dir, lam, size, bpp, model_dir, device, threads, quiet, fo
 
     if sum(v is not None for v in (lam, size, bpp)) > 1:
         fail("give one of --lambda, --size and --bpp", EXIT_USAGE)
+    if refine and (size is not None or bpp is not None):
+        # A refined file's size is known only after refining, so a size search would refine every probe.
+        fail("--refine works with --lambda, not with --size or --bpp", EXIT_USAGE)
     inputs, output = _inputs_and_output(paths, out_dir, ".rdc")
 
-    def encode_one(model, input_path, output, warn):
+    def encode_one(model, input_path, output, warn, progress=None):
         image = load_image(read_input(input_path),
                            check_size=lambda w, h: _check_size(w, h, max_pixels, "input image"))
         if image.had_alpha:
@@ -238,14 +246,25 @@ def encode(paths, out_dir, lam, size, bpp, model_dir, device, threads, quiet, fo
 
         t0 = time.perf_counter()
         check_rate(model, (image.pixels.shape[1], image.pixels.shape[0]), lam, size, bpp)
+        if refine:
+            from .refine import check_refinable
+
+            check_refinable(model)
         # The pixels go once the λ-independent half has run: 3 bytes a pixel less during entropy coding.
         analysis = codec.analyse_image(model, image.pixels)
+        if refine:
+            from .target import DEFAULT_LAMBDA
+
+            analysis = codec.refine_analysis(model, image.pixels, analysis, DEFAULT_LAMBDA if lam is None else lam,
+                                             refine, progress=progress)
         del image
         result, search = encode_at_rate(model, analysis, lam, size, bpp)
         seconds = time.perf_counter() - t0
         write_output(output, result.data)
         line = (f"{output}: {result.width}x{result.height}, lambda {result.lam:g}, {len(result.data)} bytes, "
                 f"{result.bpp:.4f} bpp, encode {seconds:.2f} s")
+        if refine:
+            line += f" ({refine} refinement steps)"
         if search is not None:
             n = len(search.probes)
             line += f" (target {search.target_bytes} bytes, {n} probe{'s' if n > 1 else ''})"
@@ -256,7 +275,8 @@ def encode(paths, out_dir, lam, size, bpp, model_dir, device, threads, quiet, fo
 
     if output is not None:  # the single-file form, unchanged: INPUT OUTPUT
         check_output(output, inputs[0], force)
-        _stats(quiet, encode_one(None, inputs[0], output, lambda m: _stats(quiet, f"rdeic: warning: {m}")))
+        _stats(quiet, encode_one(None, inputs[0], output, lambda m: _stats(quiet, f"rdeic: warning: {m}"),
+                                 _refine_progress(refine, quiet)))
         return
 
     def work(model, job):
@@ -273,6 +293,10 @@ def encode(paths, out_dir, lam, size, bpp, model_dir, device, threads, quiet, fo
             codec.check_lambda(model, lam)
         elif size is not None or bpp is not None:
             target.check_searchable(model)
+        if refine:
+            from .refine import check_refinable
+
+            check_refinable(model)
         return model
 
     _run_batch(inputs, out_dir, ".rdc", force, quiet, load_checked, work)
@@ -332,6 +356,16 @@ def decode(paths, out_dir, steps, detail, max_pixels, model_dir, device, threads
         return
     _run_batch(inputs, out_dir, ".png", force, quiet, lambda: _load(model_dir, device, threads, half),
                lambda model, job: decode_one(model, job.input, job.output))
+
+
+def _refine_progress(refine: int, quiet: bool):
+    if quiet or refine == 0 or not sys.stderr.isatty():
+        return None
+
+    def show(k, total):
+        click.echo(f"\rrefining: step {k}/{total}", err=True, nl=k == total)
+
+    return show
 
 
 def _step_progress(steps: int, quiet: bool):
@@ -481,6 +515,8 @@ def _csv_list(kind):
               help="Baseline cache folder: each photo's baseline results are computed once and reused by "
                    "later runs, of any model [default: $XDG_CACHE_HOME/rdeic/eval, else ~/.cache/rdeic/eval].")
 @click.option("--no-cache", is_flag=True, help="Compute every baseline result; read and write no cache.")
+@click.option("--refine", type=click.IntRange(0, 1000), default=0, show_default=True,
+              help="Encoder refinement steps of every rdeic file (as rdeic encode --refine).")
 @click.option("--metrics-module", "metric_modules", multiple=True, metavar="MODULE",
               help="Import MODULE first; it may register more metrics (LPIPS, DISTS, FID), "
                    "see rdeic_codec/evaluation/registry.py. Repeatable.")
@@ -491,7 +527,7 @@ def _csv_list(kind):
 @force_option
 @half_option
 def eval_command(folder, lambdas, steps, baselines, out_dir, limit, detail, crop, cache_dir, no_cache,
-                 metric_modules, model_dir, device, threads, quiet, force, half):
+                 refine, metric_modules, model_dir, device, threads, quiet, force, half):
     """Evaluate rdeic on the images in FOLDER against baseline codecs at matched rates.
 
     Every image is coded whole (neither cropped nor resized): encoded to an .rdc file per λ and
@@ -561,7 +597,7 @@ def eval_command(folder, lambdas, steps, baselines, out_dir, limit, detail, crop
         cache_dir = None
     elif cache_dir is None:
         cache_dir = default_cache_dir()
-    settings = EvalSettings(lambdas, steps, baselines, detail, crop, cache_dir)
+    settings = EvalSettings(lambdas, steps, baselines, detail, crop, cache_dir, refine)
     if old_report:  # --force: the old run's files would otherwise linger beside the new ones
         import shutil
 

@@ -89,28 +89,32 @@ def check_image(image: np.ndarray) -> None:
         raise CodecError("input image is empty")
 
 
-@torch.no_grad()
-def encode(model, image: np.ndarray, lam: float) -> EncodeResult:
+def encode(model, image: np.ndarray, lam: float, refine: int = 0) -> EncodeResult:
     """Compress an (H, W, 3) uint8 RGB image.
 
     Args:
         model: a loaded :class:`~rdeic_codec.model.RDEICModel` (on any device).
         image: the image.
         lam: rate parameter λ (distortion weight; higher means more bits).
+        refine: encoder refinement steps (:func:`refine_analysis`; 0: none, g_a's y as it is).
     """
     check_image(image)
     check_lambda(model, lam)  # before the networks run
-    return encode_analysis(model, analyse_image(model, image), lam, consume=True)
+    analysis = refine_analysis(model, image, analyse_image(model, image), lam, refine)
+    return encode_analysis(model, analysis, lam, consume=True)
 
 
 # -- encoding in two halves, so a rate search (rdeic_codec/target.py) runs the first one once -------
 @dataclass
 class ImageAnalysis:
-    """What encoding computes before λ enters: g_a of the VAE encoder feature (un-gained)."""
+    """What encoding computes before λ enters: g_a of the VAE encoder feature (un-gained). A refined
+    analysis (:func:`refine_analysis`) holds the hyper latent too, and codes at its own λ only."""
 
     y: torch.Tensor
     width: int
     height: int
+    hyper: torch.Tensor | None = None  # refined: the hyper latent before rounding, at λ = hyper_lam
+    hyper_lam: float | None = None
 
 
 @torch.no_grad()
@@ -129,6 +133,29 @@ def analyse_image(model, image: np.ndarray) -> ImageAnalysis:
     return ImageAnalysis(y, width, height)
 
 
+def refine_analysis(model, image: np.ndarray, analysis: ImageAnalysis, lam: float, iterations: int,
+                    progress=None) -> ImageAnalysis:
+    """Encoder-side refinement of ``analysis`` for coding at ``lam`` (:mod:`rdeic_codec.refine`): the same
+    file format and decoder, a y that codes this photo better; the file is then written by
+    :func:`encode_analysis` at the same λ.
+
+    Args:
+        model: the model that made ``analysis``.
+        image: the photo it was made from, (H, W, 3) uint8.
+        analysis: from :func:`analyse_image`; not changed.
+        lam: rate parameter λ (as stored in the file: its float16 value).
+        iterations: gradient steps (0: ``analysis`` itself is returned).
+        progress: called with (steps done, steps in all).
+    """
+    from .refine import refine
+
+    lam = check_lambda(model, lam)
+    if iterations <= 0:
+        return analysis
+    y, hyper = refine(model, image, analysis.y, lam, iterations, progress=progress)
+    return ImageAnalysis(y, analysis.width, analysis.height, hyper, lam)
+
+
 @torch.no_grad()
 def encode_analysis(model, analysis: ImageAnalysis, lam: float, consume: bool = False) -> EncodeResult:
     """The λ-dependent half of :func:`encode`: gain, h_a, VQ and range coding.
@@ -141,8 +168,12 @@ def encode_analysis(model, analysis: ImageAnalysis, lam: float, consume: bool = 
             less; a rate search, which reuses it, leaves this off).
     """
     lam = check_lambda(model, lam)
+    if analysis.hyper is not None and lam != analysis.hyper_lam:
+        raise CodecError(f"this analysis was refined for λ = {analysis.hyper_lam:g}, not {lam:g}")
     device = analysis.y.device
     y, indices = tiled.gain_and_indices(model, analysis.y, torch.tensor([lam], device=device), in_place=consume)
+    if analysis.hyper is not None:
+        indices = model.compression.quantize.indices(analysis.hyper)  # refined with y: coded in place of h_a(y)'s
     if consume:
         analysis.y = None
     path = model.entropy_path()

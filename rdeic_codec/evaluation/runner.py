@@ -60,6 +60,7 @@ class EvalSettings:
         detail: rdeic decoder guidance (1.0 as trained).
         crop: side of the centre crops shown in index.html (display only: images are coded whole).
         cache_dir: the baseline cache folder (:mod:`.cache`); None: no cache.
+        refine: encoder refinement steps of every .rdc file (``rdeic encode --refine``; 0: none).
     """
 
     lambdas: Sequence[float]
@@ -68,6 +69,7 @@ class EvalSettings:
     detail: float = 1.0
     crop: int = 256
     cache_dir: str | os.PathLike | None = None
+    refine: int = 0
 
 
 @dataclass
@@ -151,6 +153,7 @@ class Runner:
             **(meta or {}),
             "lambdas": list(settings.lambdas), "steps": list(settings.steps),
             "baselines": list(settings.baselines), "detail": settings.detail, "crop": settings.crop,
+            "refine": settings.refine,
             "baseline_versions": {n: c.version() for n, c in self.codecs.items()},
             "image_metrics": [{"name": m.name, "higher_is_better": m.higher_is_better,
                                "reference": m.reference} for m in self.image_metrics],
@@ -270,7 +273,7 @@ class Runner:
         from ..imageio import write_output
 
         t0 = time.perf_counter()
-        result = rdc.encode(self.model, pixels, lam)
+        result = rdc.encode(self.model, pixels, lam, refine=self.settings.refine)
         seconds = time.perf_counter() - t0
         path = self.out_dir / "files" / folder / f"rdeic_lambda{lam:g}.rdc"
         path.parent.mkdir(parents=True, exist_ok=True)

@@ -1,0 +1,98 @@
+"""Encoder refinement (`rdeic encode --refine N`): a refined file is an ordinary file, it codes the photo
+better on the loss the model was trained for, and what cannot be refined is refused in one line."""
+
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from rdeic_codec import codec, refine
+from rdeic_codec.imageio import load_image
+from rdeic_codec.training.losses import ms_ssim_loss
+
+from conftest import ROOT, SHIPPED_MODEL, make_tiny_model, sample_photo, smooth_image
+
+RDEIC = [sys.executable, os.path.join(ROOT, "bin", "rdeic")]
+
+
+@pytest.mark.parametrize("n", [4, 8, 44, 48, 52, 96, 100, 200])
+def test_windows_split_an_axis_on_multiples_of_four(n):
+    spans = refine.windows(n)
+    assert spans[0][0] == 0 and spans[-1][1] == n
+    for (a, b, lo, hi), nxt in zip(spans, spans[1:] + [None]):
+        assert a % 4 == 0 and b % 4 == 0 and a < b
+        assert lo == max(0, a - refine.HALO) and hi == min(n, b + refine.HALO)
+        if nxt is not None:
+            assert nxt[0] == b  # interiors tile the axis, without gaps or overlaps
+    assert len(spans) == -(-n // refine.WINDOW)
+
+
+def _file_loss(model, image: np.ndarray, data: bytes, lam: float) -> float:
+    """What refinement lowers, measured on the real file: its bits per pixel plus 2·w(λ) times the
+    distortion of z_c decoded (MSE in [−1, 1] plus the weighted 1 − MS-SSIM)."""
+    decoded = codec.decode(model, data, steps=0)
+    a, b = (torch.from_numpy(np.array(x, dtype=np.float32)).permute(2, 0, 1)[None] / 127.5 - 1 for x in (decoded, image))
+    distortion = (a - b).pow(2).mean() + model.compression.cfg["zc_msssim_weight"] * ms_ssim_loss(a, b).mean()
+    return 8 * len(data) / (image.shape[0] * image.shape[1]) + refine.distortion_weight(model, lam) * float(distortion)
+
+
+@pytest.mark.skipif(not os.path.isdir(SHIPPED_MODEL), reason="the shipped model is missing")
+def test_refined_file_codes_a_photo_better_and_decodes_the_same_every_time():
+    from rdeic_codec.model import load_model
+
+    model = load_model(SHIPPED_MODEL)
+    image = load_image(sample_photo("gb82_flowers.png")).pixels[:256, :384]
+    lam = 0.5
+    plain = codec.encode(model, image, lam)
+    refined = codec.encode(model, image, lam, refine=8)
+    assert refined.data != plain.data and refined.lam == plain.lam
+    assert _file_loss(model, image, refined.data, lam) < _file_loss(model, image, plain.data, lam)
+    # An ordinary file: the decoder neither knows nor cares that it was refined.
+    first = codec.decode(model, refined.data, steps=2)
+    assert np.array_equal(first, codec.decode(model, refined.data, steps=2))
+
+
+def test_no_refinement_is_the_plain_encoder(tiny_hyperprior_model):
+    image = smooth_image(64, 96)
+    assert codec.encode(tiny_hyperprior_model, image, 1.0, refine=0).data == codec.encode(tiny_hyperprior_model, image, 1.0).data
+
+
+def test_windowed_refinement_is_reproducible_and_decodes(tiny_hyperprior_model, monkeypatch):
+    monkeypatch.setattr(refine, "WINDOW", 4)  # a 128×192 image is then 2×3 windows of 64 pixels
+    monkeypatch.setattr(refine, "HALO", 4)
+    image = smooth_image(128, 192, seed=3)
+    first = codec.encode(tiny_hyperprior_model, image, 1.0, refine=3)
+    assert first.data == codec.encode(tiny_hyperprior_model, image, 1.0, refine=3).data
+    assert codec.decode(tiny_hyperprior_model, first.data, steps=1).shape == image.shape
+
+
+def test_a_refined_analysis_codes_at_its_own_lambda_only(tiny_hyperprior_model):
+    image = smooth_image(64, 64)
+    analysis = codec.refine_analysis(tiny_hyperprior_model, image, codec.analyse_image(tiny_hyperprior_model, image),
+                                     1.0, 2)
+    with pytest.raises(codec.CodecError, match="refined for"):
+        codec.encode_analysis(tiny_hyperprior_model, analysis, 0.5)
+
+
+def test_a_vector_quantised_model_is_refused(tiny_model):
+    with pytest.raises(codec.CodecError, match="Gaussian hyper latent"):
+        codec.encode(tiny_model, smooth_image(64, 64), 1.0, refine=2)
+
+
+def test_cli_refines_with_lambda_and_refuses_a_size_target(tmp_path):
+    model = make_tiny_model(str(tmp_path / "model"), profile="tiny-hyperprior")
+    src = tmp_path / "in.png"
+    Image.fromarray(smooth_image(64, 96)).save(src)
+    ok = subprocess.run(RDEIC + ["encode", str(src), str(tmp_path / "a.rdc"), "--lambda", "1", "--refine", "2",
+                                 "--model", model], capture_output=True)
+    assert ok.returncode == 0, ok.stderr
+    assert b"2 refinement steps" in ok.stderr
+    bad = subprocess.run(RDEIC + ["encode", str(src), str(tmp_path / "b.rdc"), "--bpp", "0.1", "--refine", "2",
+                                  "--model", model], capture_output=True)
+    assert bad.returncode == 2
+    assert bad.stderr.decode().strip() == "rdeic: error: --refine works with --lambda, not with --size or --bpp"
+    assert not (tmp_path / "b.rdc").exists()
