@@ -13,6 +13,10 @@ Two models:
   (default ``/tmp/rdeic-bench-paper``, about 2.1 GB). Time and memory depend on the shapes, not the
   values. Encode, and decode with 2 steps (the authors' fast setting).
 
+* ``refine``: ``rdeic encode --refine N`` on the small model for N = 0, 10 and 25 (one process each, after a
+  plain warm-up encode): seconds, peak memory, the file's bpp and the PSNR and MS-SSIM of its z_c
+  (``--steps 0``), the part refinement changes.
+
 * ``sizes``: the small model on synthetic photo-like images of 0.4, 6 and 24 megapixels (drawn once
   into ``$BENCH_IMAGE_DIR``, default ``/tmp/rdeic-bench-images``): seconds per megapixel and peak
   memory of encode and of decode with 2 steps, which tiling keeps bounded (``rdeic_codec/tiled.py``),
@@ -28,7 +32,7 @@ wall time beside the coding time the command prints, and what is left (interpret
 loading, reading and writing files) against ``python -c "import torch"`` timed in the same run. The
 goal: that rest at most 1.5 times the torch import.
 
-    python benchmarks/bench.py [small] [size] [batch] [paper] [sizes]
+    python benchmarks/bench.py [small] [size] [batch] [paper] [sizes] [refine]
 """
 
 from __future__ import annotations
@@ -54,6 +58,7 @@ PLAN = {
     "batch": {},
     "paper": {"runs": ("load", "encode", "decode-2"), "warm_up": False},
     "sizes": {"runs": ("encode", "decode-2"), "warm_up": False},
+    "refine": {"runs": ("refine-0", "refine-10", "refine-25"), "warm_up": True},
 }
 WHOLE_RUNS = 3
 RDEIC = os.path.join(ROOT, "bin", "rdeic")
@@ -169,7 +174,7 @@ def sizes() -> None:
 
 
 def model_dir(name: str) -> str | None:
-    if name in ("small", "size", "batch"):
+    if name in ("small", "size", "batch", "refine"):
         return os.environ.get("RDEIC_MODEL")  # None: the shipped default
     return os.environ.get("BENCH_PAPER_MODEL") or PAPER_DIR
 
@@ -208,6 +213,20 @@ def child(kind: str, rdc: str, folder: str | None, warm_up: bool) -> None:
         return
     if kind == "load":
         seconds, extra = load_seconds, {}
+    elif kind.startswith("refine-"):
+        from rdeic_codec.evaluation.metrics import ms_ssim, psnr
+
+        pixels = np.asarray(bench_photo())
+        codec.encode(model, pixels, lam)  # warm-up: lazy imports, the float64 entropy path
+        t0 = time.perf_counter()
+        result = codec.encode(model, pixels, lam, refine=int(kind.split("-")[1]))
+        seconds = time.perf_counter() - t0
+        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # the encode's, before decoding
+        decoded = codec.decode(model, result.data, steps=0)
+        print(json.dumps({"what": kind, "seconds": round(seconds, 2), "peak_mb": round(peak),
+                          "threads": torch.get_num_threads(), "bpp": round(result.bpp, 4), "lambda": lam,
+                          "psnr": round(psnr(pixels, decoded), 2), "ms_ssim": round(ms_ssim(pixels, decoded), 4)}))
+        return
     elif kind == "encode":
         pixels = np.asarray(bench_photo())
         if warm_up:
@@ -350,7 +369,7 @@ def main(names: list[str]) -> None:
         rdc = f"/tmp/rdeic-bench-{name}.rdc"
         timing = "after a warm-up run" if plan["warm_up"] else "one run"
         what = "random weights of the paper's shapes" if folder == PAPER_DIR else folder or "shipped default"
-        title = "small model, --bpp targets" if name == "size" else f"{name} model"
+        title = {"size": "small model, --bpp targets", "refine": "small model, encoder refinement"}.get(name, f"{name} model")
         print(f"rdeic benchmark, {title} ({what}): 768x512 photo "
               f"({os.path.basename(PHOTO)}), CPU, {timing}", flush=True)
         for kind in plan["runs"]:
@@ -367,6 +386,11 @@ def main(names: list[str]) -> None:
                           f"({r['plain_seconds']:.3f} s)", flush=True)
                 continue
             tail = f", {r['bpp']} bpp at lambda {r['lambda']:g}" if "bpp" in r else ""
+            if kind.startswith("refine-"):
+                print(f"  --refine {kind.split('-')[1]:3s} {r['seconds']:8.2f} s  peak {r['peak_mb']:6d} MB  "
+                      f"{r['bpp']} bpp at lambda {r['lambda']:g}, z_c {r['psnr']} dB / MS-SSIM {r['ms_ssim']} "
+                      f"({r['threads']} threads)", flush=True)
+                continue
             if kind == "load":
                 print(f"  {kind:9s} {r['seconds']:8.3f} s  peak {r['peak_mb']:6d} MB  (all networks, in-process; "
                       f"{r['threads']} threads)", flush=True)

@@ -60,6 +60,7 @@ def main() -> None:
     ap.add_argument("--model", default=None)
     ap.add_argument("--crop", type=int, default=256)
     ap.add_argument("--steps", default="0,2,5", help="decoder step counts, one column each (0: z_c alone)")
+    ap.add_argument("--refine", type=int, default=0, help="encoder refinement steps (rdeic encode --refine)")
     ap.add_argument("-o", "--output", required=True)
     args = ap.parse_args()
     model = load_model(args.model)
@@ -71,12 +72,12 @@ def main() -> None:
         s = min(args.crop, h, w)
         box = ((w - s) // 2, (h - s) // 2, (w - s) // 2 + s, (h - s) // 2 + s)
         for lam in (float(v) for v in args.lams.split(",")):
-            data = codec.encode(model, original, lam).data
+            data = codec.encode(model, original, lam, refine=args.refine).data
             bpp = 8 * len(data) / (w * h)
             tiles = [tile(original, box, f"{os.path.basename(path)}\noriginal", font)]
             for steps in (int(v) for v in args.steps.split(",")):
                 rec = codec.decode(model, data, steps=steps)
-                what = "z_c alone" if steps == 0 else f"{steps} steps"
+                what = ("z_c alone" if steps == 0 else f"{steps} steps") + (f", refined {args.refine}" if args.refine else "")
                 tiles.append(tile(rec, box, f"rdeic lambda {lam:g}, {what}\n{len(data)} B {bpp:.3f} bpp "
                                             f"{psnr(original, rec):.2f} dB", font))
             avif, caption = best_avif(original, len(data))
