@@ -33,10 +33,10 @@ def test_windows_split_an_axis_on_multiples_of_four(n):
 
 def _file_loss(model, image: np.ndarray, data: bytes, lam: float) -> float:
     """What refinement lowers, measured on the real file: its bits per pixel plus 2·w(λ) times the
-    distortion of z_c decoded (MSE in [−1, 1] plus the weighted 1 − MS-SSIM)."""
+    distortion of z_c decoded (MSE in [−1, 1] plus the weighted 1 − MS-SSIM, whole image)."""
     decoded = codec.decode(model, data, steps=0)
     a, b = (torch.from_numpy(np.array(x, dtype=np.float32)).permute(2, 0, 1)[None] / 127.5 - 1 for x in (decoded, image))
-    distortion = (a - b).pow(2).mean() + model.compression.cfg["zc_msssim_weight"] * ms_ssim_loss(a, b).mean()
+    distortion = (a - b).pow(2).mean() + refine.MSSSIM_WEIGHT * ms_ssim_loss(a, b).mean()
     return 8 * len(data) / (image.shape[0] * image.shape[1]) + refine.distortion_weight(model, lam) * float(distortion)
 
 
