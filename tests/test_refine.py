@@ -96,3 +96,28 @@ def test_cli_refines_with_lambda_and_refuses_a_size_target(tmp_path):
     assert bad.returncode == 2
     assert bad.stderr.decode().strip() == "rdeic: error: --refine works with --lambda, not with --size or --bpp"
     assert not (tmp_path / "b.rdc").exists()
+
+
+def test_eval_refines_every_file_and_says_so(tmp_path, monkeypatch):
+    import json
+
+    from click.testing import CliRunner
+
+    from rdeic_codec.cli import main
+
+    model = make_tiny_model(str(tmp_path / "model"), profile="tiny-hyperprior")
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    Image.fromarray(smooth_image(64, 96)).save(photos / "a.png")
+    calls = []
+    original = refine.refine
+    monkeypatch.setattr(refine, "refine", lambda *a, **k: calls.append(a[4]) or original(*a, **k))
+    args = ["eval", str(photos), "--lambda", "0.5,1", "--steps", "0", "--baselines", "none", "--model", model, "-q"]
+    plain = CliRunner().invoke(main, args + ["-o", str(tmp_path / "plain")])
+    assert plain.exit_code == 0 and calls == []
+    refined = CliRunner().invoke(main, args + ["--refine", "2", "-o", str(tmp_path / "refined")])
+    assert refined.exit_code == 0, refined.output
+    assert calls == [2, 2]  # every file (one photo, two λ), with the steps asked for
+    assert json.loads((tmp_path / "refined" / "results.json").read_text())["meta"]["refine"] == 2
+    assert "encoded with --refine 2" in (tmp_path / "refined" / "summary.md").read_text().splitlines()[0]
+    assert "--refine" not in (tmp_path / "plain" / "summary.md").read_text().splitlines()[0]

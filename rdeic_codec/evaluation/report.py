@@ -120,8 +120,10 @@ def measured_line(results: Results) -> str:
     n = sum(1 for im in results.images if im.get("finished"))
     sizes = sorted({(im["width"], im["height"]) for im in results.images if im.get("finished")})
     shown = ", ".join(f"{w}×{h}" for w, h in sizes[:4]) + (", …" if len(sizes) > 4 else "")
+    refine = results.meta.get("refine") or 0
+    refined = f"; rdeic's files encoded with --refine {refine}" if refine else ""
     return (f"Means over {n} whole photo{'s' * (n != 1)}{f' ({shown})' if sizes else ''}, each coded at its "
-            "full size, neither cropped nor resized; bpp = 8 × file bytes / the photo's pixels.")
+            f"full size, neither cropped nor resized; bpp = 8 × file bytes / the photo's pixels{refined}.")
 
 
 def cache_line(results: Results) -> str:
