@@ -202,8 +202,8 @@ def _size_option(ctx, param, value):
               help="Instead of --lambda: the largest file not over this many bits per pixel.")
 @click.option("--refine", type=click.IntRange(0, 1000), default=0, show_default=True, metavar="N",
               help="Refine the latent for this image in N gradient steps before coding (with --lambda): "
-                   "smaller files at the same quality, decoded as any other; encoding takes about N "
-                   "decoder passes longer. 25 is a good start.")
+                   "a more faithful picture at about the same size, decoded as any other file; encoding "
+                   "takes about N decoder passes longer. 25 is a good start.")
 @model_option
 @device_option
 @threads_option
@@ -219,7 +219,7 @@ def encode(paths, out_dir, lam, size, bpp, refine, model_dir, device, threads, q
       rdeic encode in.png out.rdc --lambda 0.5
       rdeic encode in.png out.rdc --size 2k        # the largest file not over 2000 bytes
       rdeic encode *.png -o out/ --bpp 0.05        # out/NAME.rdc for each; the model loads once
-      rdeic encode in.png out.rdc --lambda 0.5 --refine 25   # slower encode, smaller file
+      rdeic encode in.png out.rdc --lambda 0.5 --refine 25   # slower encode, better file
 
     Alpha is not coded: transparent pixels are composited over white.
     """

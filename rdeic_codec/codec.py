@@ -143,7 +143,7 @@ def refine_analysis(model, image: np.ndarray, analysis: ImageAnalysis, lam: floa
         model: the model that made ``analysis``.
         image: the photo it was made from, (H, W, 3) uint8.
         analysis: from :func:`analyse_image`; not changed.
-        lam: rate parameter λ (as stored in the file: its float16 value).
+        lam: rate parameter λ; refinement uses the value the file stores (float16), as coding does.
         iterations: gradient steps (0: ``analysis`` itself is returned).
         progress: called with (steps done, steps in all).
     """

@@ -41,7 +41,7 @@ from .networks.autoencoder import decode_latent
 from .networks.compression import gaussian_bits, ste_round
 
 WINDOW = 48  # y positions (768 pixels) a window refines: a 768×512 photo is one window
-HALO = 8  # y positions (128 pixels) of context on each side: more than g_s and the decoder see
+HALO = 8  # y positions (128 pixels) of context on each side of a window (see test_refine: windows against one piece)
 LEARNING_RATE = 0.01  # in units of y's quantisation step
 SCALE_BOUND = 0.11  # the scale table's smallest scale (the coder clamps there too)
 # The MS-SSIM term's weight c. On 12 whole photos at the same bytes, 25 steps with the training's 0.15 gave
@@ -108,7 +108,7 @@ def refine(model, image: np.ndarray, y: torch.Tensor, lam: float, iterations: in
     Returns:
         (y, hyper): the new y before the gain, as :func:`codec.analyse_image` gives it, and the hyper
         latent before rounding, (1, C, h/4, w/4), whose rounded values the file then codes in place of
-        h_a(y)'s (optimising it too saves 0.35 dB at λ = 0.1: docs/training.md, session 16).
+        h_a(y)'s (optimising it too was worth 0.34 dB at λ = 0.1: docs/training.md, session 16).
     """
     check_refinable(model)
     comp = model.compression
