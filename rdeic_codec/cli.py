@@ -276,7 +276,7 @@ def encode(paths, out_dir, lam, size, bpp, refine, model_dir, device, threads, q
     if output is not None:  # the single-file form, unchanged: INPUT OUTPUT
         check_output(output, inputs[0], force)
         _stats(quiet, encode_one(None, inputs[0], output, lambda m: _stats(quiet, f"rdeic: warning: {m}"),
-                                 _refine_progress(refine, quiet)))
+                                 _step_progress(refine, quiet, "refining: step")))
         return
 
     def work(model, job):
@@ -358,22 +358,13 @@ def decode(paths, out_dir, steps, detail, max_pixels, model_dir, device, threads
                lambda model, job: decode_one(model, job.input, job.output))
 
 
-def _refine_progress(refine: int, quiet: bool):
-    if quiet or refine == 0 or not sys.stderr.isatty():
+def _step_progress(count: int, quiet: bool, what: str = "denoising step"):
+    """A progress line on a terminal's stderr ("WHAT k/total"), or None when there is nothing to show."""
+    if quiet or count == 0 or not sys.stderr.isatty():
         return None
 
     def show(k, total):
-        click.echo(f"\rrefining: step {k}/{total}", err=True, nl=k == total)
-
-    return show
-
-
-def _step_progress(steps: int, quiet: bool):
-    if quiet or steps == 0 or not sys.stderr.isatty():
-        return None
-
-    def show(k, total):
-        click.echo(f"\rdenoising step {k}/{total}", err=True, nl=k == total)
+        click.echo(f"\r{what} {k}/{total}", err=True, nl=k == total)
 
     return show
 
