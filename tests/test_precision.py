@@ -78,7 +78,7 @@ def test_every_stage_trains_in_bf16_and_says_so(tmp_path, bf16_training, capsys)
     lines = []
     out = tmp_path / "model"
     pipeline.run(str(tmp_path / "train"), str(tmp_path / "valid"), str(tmp_path / "work"), str(out),
-                 profile="tiny-anchored", steps={name: 2 for name in pipeline.STAGES}, log=lines.append)
+                 profile="tiny-anchored", steps={name: 1 for name in pipeline.STAGES}, log=lines.append)
     model = load_model(str(out))
     assert all(p.dtype == torch.float32 and torch.isfinite(p).all() for p in model.parameters())
     image = smooth_image(64, 64)
