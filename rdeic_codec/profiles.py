@@ -191,6 +191,10 @@ HYPERPRIOR_COMPRESSION = {
     "guide_channels": 64,
     # One model for every rate: per-channel gains on y at these λ, interpolated in log λ.
     "lambdas": [0.1, 0.25, 0.5, 1.0, 2.0],
+    # The checkerboard context (networks/hyperprior.CheckerboardHyperContext; the "context" stage trains it
+    # on a finished module): y's non-anchor half predicted from its decoded anchors as well as from h_s.
+    "context": "checkerboard",
+    "context_hidden": 384,
     # Training only: z_c's distortion is the MSE of what the frozen decoder makes of it against what
     # it makes of the true latent (images in [−1, 1]; see stage_rdeic.zc_distortion), weighted by
     # distortion_scale·λ^distortion_power, aimed at λ = 0.1 near 0.03 bpp and λ = 2 near 0.12 on whole
@@ -301,7 +305,8 @@ TINY_HYPERPRIOR = copy.deepcopy(TINY_SHUFFLE)
 TINY_HYPERPRIOR["profile"] = "tiny-hyperprior"
 TINY_HYPERPRIOR["compression"] = {"type": "hyperprior", "input": "latent", "feature_channels": 6, "latent_channels": 6,
                                   "feature_scale": 1.0, "N": 8, "M": 12, "hyper_channels": 8,
-                                  "guide_channels": 8, "lambdas": [0.1, 0.5, 2.0], "zc_pixel_weight": 1.0,
+                                  "guide_channels": 8, "lambdas": [0.1, 0.5, 2.0], "context": "checkerboard",
+                                  "context_hidden": 16, "zc_pixel_weight": 1.0,
                                   "zc_latent_weight": 0.0, "train_in_diffusion_stages": False,
                                   "rate_targets": [0.05, 0.5]}
 

@@ -86,7 +86,8 @@ def check_refinable(model) -> None:
 
 def windows(n: int) -> list[tuple[int, int, int, int]]:
     """Along an axis of ``n`` y positions: (interior start, stop, window start, stop) of each window."""
-    # Cuts on multiples of 4, where h_a's two ×2 steps line up (n is one: images are padded to 64 pixels).
+    # Cuts on multiples of 4, where h_a's two ×2 steps line up (n is one: images are padded to 64 pixels);
+    # even window origins also keep a checkerboard context's anchors where the coder has them.
     count = max(1, -(-n // WINDOW))
     cuts = [4 * (i * (n // 4) // count) for i in range(count + 1)]
     return [(a, b, max(0, a - HALO), min(n, b + HALO)) for a, b in zip(cuts[:-1], cuts[1:])]
@@ -154,7 +155,7 @@ class _WindowLoss:
         comp = self.model.compression
         z_hat = ste_round(hyper)
         z_bits = gaussian_bits(z_hat, self.z_scales).sum()
-        scales, means = comp.h_s(z_hat).float().chunk(2, dim=1)
+        scales, means = comp.y_parameters(y, comp.h_s(z_hat).float())
         scales = scales.abs().clamp_min(SCALE_BOUND)
         residual = ste_round(y - means)
         y_hat = residual + means

@@ -27,6 +27,9 @@ def make_tiny_model(folder: str, seed: int = 0, profile: str = "tiny") -> str:
     # Non-zero control, so tests see the control path do something.
     for conv in list(model.control.enc_zero_convs) + [model.control.middle_zero_conv] + list(model.control.dec_zero_convs):
         torch.nn.init.normal_(conv.weight, std=0.05)
+    correction = getattr(model.compression.context, "correction", None)
+    if correction is not None:  # a checkerboard context that moves the parameters, as a trained one does
+        torch.nn.init.normal_(correction[-1].weight, std=0.05)
     save_model(model, folder, name=f"{profile}-test")
     return folder
 

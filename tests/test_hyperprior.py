@@ -20,7 +20,10 @@ from rdeic_codec.profiles import get_profile
 
 from conftest import make_tiny_model, smooth_image
 
-GOLDEN = os.path.join(os.path.dirname(os.path.abspath(__file__)), "data", "golden-hyperprior")
+DATA = os.path.join(os.path.dirname(os.path.abspath(__file__)), "data")
+# The stored model, image file and ŷ of each context: "none" (the plain hyperprior) and "checkerboard".
+GOLDEN = {"none": os.path.join(DATA, "golden-hyperprior"),
+          "checkerboard": os.path.join(DATA, "golden-hyperprior-checkerboard")}
 GOLDEN_LAMBDA = 0.5
 
 
@@ -38,26 +41,32 @@ def scaled_init(module: nn.Module, seed: int) -> None:
             module.quantize.log_scale.copy_(torch.randn(module.quantize.log_scale.shape, generator=gen))
 
 
-def make_golden_model(folder: str) -> str:
+def make_golden_model(folder: str, context: str = "none") -> str:
+    """The tiny hyperprior with random weights at their input's scale; with ``context`` "checkerboard",
+    its context's correction is random too (not the zero it starts training at)."""
     from rdeic_codec.model import RDEICModel, save_model
 
     torch.manual_seed(7)
-    model = RDEICModel(get_profile("tiny-hyperprior"))
+    cfg = get_profile("tiny-hyperprior")
+    cfg["compression"]["context"] = context
+    model = RDEICModel(cfg)
     scaled_init(model.compression, seed=7)
     save_model(model, folder, name="golden-hyperprior")
     return folder
 
 
-@pytest.fixture(scope="module")
-def hyper_model(tmp_path_factory):
-    folder = make_golden_model(str(tmp_path_factory.mktemp("tiny-hyperprior")))
+@pytest.fixture(scope="module", params=["none", "checkerboard"])
+def hyper_model(tmp_path_factory, request):
+    folder = make_golden_model(str(tmp_path_factory.mktemp("tiny-hyperprior")), request.param)
     return load_model(folder)
 
 
-@pytest.fixture(scope="module")
-def small_shapes_path():
-    """The small-hyperprior profile's module at its real shapes (96 channels of y, 64 of z), float64 entropy path."""
+@pytest.fixture(scope="module", params=["none", "checkerboard"])
+def small_shapes_path(request):
+    """The small-hyperprior profile's module at its real shapes (96 channels of y, 64 of z), float64
+    entropy path, without and with the checkerboard context."""
     cfg = get_profile("small-hyperprior")
+    cfg["compression"]["context"] = request.param
     comp = HyperpriorModule(cfg["compression"]).double()
     scaled_init(comp, seed=0)
     return cfg, comp
@@ -128,17 +137,20 @@ def _golden_inputs():
 
 
 @torch.no_grad()
-def test_golden_file_pins_the_bitstream():
+@pytest.mark.parametrize("context", ["none", "checkerboard"])
+def test_golden_file_pins_the_bitstream(context):
     """A stored tiny hyperprior model codes a stored image to the stored bytes, and those bytes decode to
-    the stored ŷ exactly: a change of the bitstream (coder, tables, hyper latent, walk order) fails here.
-    Regenerate only on purpose: ``python tests/test_hyperprior.py --regenerate``."""
-    model = load_model(os.path.join(GOLDEN, "model"))
-    with open(os.path.join(GOLDEN, "image.rdc"), "rb") as f:
+    the stored ŷ exactly: a change of the bitstream (coder, tables, hyper latent, context, walk order)
+    fails here. Regenerate only on purpose: ``python tests/test_hyperprior.py --regenerate CONTEXT``."""
+    golden_dir = GOLDEN[context]
+    model = load_model(os.path.join(golden_dir, "model"))
+    assert model.compression.cfg.get("context", "none") == context
+    with open(os.path.join(golden_dir, "image.rdc"), "rb") as f:
         golden = f.read()
     assert codec.encode(model, _golden_inputs(), GOLDEN_LAMBDA).data == golden
     header, payload = container.unpack(golden)
     y_hat, _ = codec.decode_latent_code(model, header, payload)
-    assert torch.equal(y_hat.double(), torch.from_numpy(np.load(os.path.join(GOLDEN, "y_hat.npy"))))
+    assert torch.equal(y_hat.double(), torch.from_numpy(np.load(os.path.join(golden_dir, "y_hat.npy"))))
 
 
 def test_a_new_compression_module_goes_on_a_finished_model(tmp_path):
@@ -178,25 +190,6 @@ def test_a_new_compression_module_goes_on_a_finished_model(tmp_path):
     assert codec.decode(b, codec.encode(b, image, 1.0).data, steps=2).shape == image.shape
 
 
-def _regenerate() -> None:
-    import shutil
-
-    shutil.rmtree(GOLDEN, ignore_errors=True)
-    model = load_model(make_golden_model(os.path.join(GOLDEN, "model")))
-    data = codec.encode(model, _golden_inputs(), GOLDEN_LAMBDA).data
-    with open(os.path.join(GOLDEN, "image.rdc"), "wb") as f:
-        f.write(data)
-    header, payload = container.unpack(data)
-    y_hat, _ = codec.decode_latent_code(model, header, payload)
-    np.save(os.path.join(GOLDEN, "y_hat.npy"), y_hat.double().numpy())
-    print(f"wrote {GOLDEN}: {len(data)} bytes")
-
-
-if __name__ == "__main__":
-    if "--regenerate" in sys.argv:
-        _regenerate()
-
-
 @torch.no_grad()
 def test_rate_calibration_maps_the_lambda_range_onto_the_target_rates(tmp_path):
     """Both ends of the λ range are resampled onto the target rates on the calibration photos, where the
@@ -217,3 +210,89 @@ def test_rate_calibration_maps_the_lambda_range_onto_the_target_rates(tmp_path):
     model = load_model(make_golden_model(str(tmp_path / "m2")))
     calibrate_rates(model, photos, low_bpp=before[0] / 3, high_bpp=high, points=9, log=lambda m: None)
     assert measure_rates(model, photos, np.array([lo]))[0] == pytest.approx(before[0], rel=1e-6)
+
+
+def test_a_checkerboard_context_learns_to_save_bits(tmp_path):
+    """The context stage's loss, on one batch of a plain module's y with a new (zero) context: the first
+    evaluation costs what the plain module's file costs, and after some steps on the rate alone the
+    rounded rate (what the coder writes) is lower, with y and ẑ untouched."""
+    from rdeic_codec.training.stage_context import context_loss
+
+    plain = load_model(make_golden_model(str(tmp_path / "plain"), "none"))
+    cfg = copy.deepcopy(plain.config)
+    cfg["compression"]["context"] = "checkerboard"
+    from rdeic_codec.model import RDEICModel
+
+    model = RDEICModel(cfg)
+    model.load_state_dict(plain.state_dict())  # the context's pre-hook: a plain module's weights, no context
+    model.requires_grad_(False)
+    z = torch.randn(4, cfg["compression"]["feature_channels"], 32, 32, generator=torch.Generator().manual_seed(0))
+    lam = torch.tensor([0.1, 0.3, 1.0, 2.0])
+    with torch.no_grad():
+        start = context_loss(model, None, z, lam, rounded=True)[0].item()
+        assert start == pytest.approx(context_loss(plain, None, z, lam, rounded=True)[0].item())
+    params = list(model.compression.context.parameters())
+    for p in params:
+        p.requires_grad_(True)
+    opt = torch.optim.Adam(params, lr=1e-3)
+    gen = torch.Generator().manual_seed(1)
+    for _ in range(60):
+        loss, _ = context_loss(model, None, z, lam, gen)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    with torch.no_grad():
+        assert context_loss(model, None, z, lam, rounded=True)[0].item() < 0.97 * start
+
+
+def test_the_context_stage_goes_on_a_finished_plain_model(tmp_path):
+    """`rdeic train --from MODEL --stages context`: only the new context trains; every other weight, and
+    the model's rate calibration, come through unchanged; the written model codes files."""
+    from PIL import Image
+
+    from rdeic_codec.model import save_model
+    from rdeic_codec.training import pipeline
+
+    data = tmp_path / "data"
+    for split, n in (("train", 2), ("valid", 1)):
+        os.makedirs(data / split)
+        for i in range(n):
+            Image.fromarray(smooth_image(256, 256, seed=i + 5 * n)).save(data / split / f"{i}.png")
+    plain = load_model(make_golden_model(str(tmp_path / "made"), "none"))
+    first = tmp_path / "first"
+    stages = ("autoencoder", "denoiser", "compression", "stage1", "finetune")
+    save_model(plain, str(first), name="first", extra={"training": {
+        "stages": list(stages), "steps": {s: 1 for s in stages}, "rate_calibration": {"photos": 24}}})
+    out, work = tmp_path / "new", tmp_path / "work"
+    pipeline.run(str(data / "train"), str(data / "valid"), str(work), str(out), profile="tiny-hyperprior",
+                 stages=("context",), steps={"context": 3}, start_from=str(first), log=lambda m: None)
+    a, b = load_model(str(first)), load_model(str(out))
+    assert b.config["compression"]["context"] == "checkerboard" and b.config["training"]["stages"][-1] == "context"
+    for part in ("vae", "unet", "control", "compression"):
+        for k, v in a.component(part).state_dict().items():
+            assert torch.equal(v, b.component(part).state_dict()[k]), (part, k)
+    assert b.compression.context.correction[-1].weight.abs().sum() > 0
+    assert b.config["training"]["rate_calibration"] == a.config["training"]["rate_calibration"]
+    assert "λ=2.0: bpp_rounded" in open(work / "context" / "valid.log").read()
+    image = smooth_image(64, 64)
+    assert codec.decode(b, codec.encode(b, image, 1.0).data, steps=2).shape == image.shape
+
+
+def _regenerate(context: str) -> None:
+    import shutil
+
+    golden_dir = GOLDEN[context]
+    shutil.rmtree(golden_dir, ignore_errors=True)
+    model = load_model(make_golden_model(os.path.join(golden_dir, "model"), context))
+    data = codec.encode(model, _golden_inputs(), GOLDEN_LAMBDA).data
+    with open(os.path.join(golden_dir, "image.rdc"), "wb") as f:
+        f.write(data)
+    header, payload = container.unpack(data)
+    y_hat, _ = codec.decode_latent_code(model, header, payload)
+    np.save(os.path.join(golden_dir, "y_hat.npy"), y_hat.double().numpy())
+    print(f"wrote {golden_dir}: {len(data)} bytes")
+
+
+if __name__ == "__main__":
+    if "--regenerate" in sys.argv:
+        _regenerate(sys.argv[sys.argv.index("--regenerate") + 1])

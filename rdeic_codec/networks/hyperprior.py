@@ -22,7 +22,7 @@ import torch
 from torch import nn
 
 from .blocks import PlainResidualBlock, ResidualBlock, ResidualBlockDown, ResidualBlockUp, conv3x3, plain_upsample
-from .compression import LambdaGains, gaussian_bits, ste_round
+from .compression import LambdaGains, anchor_mask, gaussian_bits, ste_round
 
 # The largest |symbol| of z (the entropy section's max_symbol): the coder's Gaussian models stop there.
 MAX_SYMBOL = 4096
@@ -84,6 +84,48 @@ class HyperContext(nn.Module):
         return shared[-1].chunk(2, dim=1)
 
 
+class CheckerboardHyperContext(HyperContext):
+    """A checkerboard context on top of the hyperprior (He, Zheng, Sun, Wang and Qin, "Checkerboard
+    Context Model for Efficient Learned Image Compression", CVPR 2021): y is coded in two passes, the
+    anchors ((row + col) odd) with h_s's parameters alone, then the other half with h_s's parameters plus
+    a correction computed from the decoded anchors around each position (a 5×5 convolution) and h_s's
+    output, through 1×1 convolutions. Both passes are ones the coder already runs (the paper design's);
+    the correction's last layer starts at zero, so a new context codes exactly as :class:`HyperContext`.
+
+    Args:
+        channels: M, y's channels.
+        hidden: the width of the 1×1 layers.
+    """
+
+    def __init__(self, channels: int, hidden: int):
+        super().__init__(channels)
+        self.local_context = nn.ModuleList([nn.Conv2d(channels, 2 * channels, 5, padding=2)])
+        self.correction = nn.Sequential(
+            nn.Conv2d(4 * channels, hidden, 1), nn.GELU(), nn.Conv2d(hidden, hidden, 1), nn.GELU(),
+            nn.Conv2d(hidden, 2 * channels, 1),
+        )
+        nn.init.zeros_(self.correction[-1].weight)
+        nn.init.zeros_(self.correction[-1].bias)
+        self.register_load_state_dict_pre_hook(self._plain_weights_load_as_no_context)
+
+    def _plain_weights_load_as_no_context(self, module, state_dict, prefix, *args) -> None:
+        """A plain hyperprior's weights (none of this context's keys) load as a context that changes
+        nothing: the correction's last layer is zeroed and its current weights stand in for the missing
+        ones. This is how ``rdeic train --from`` puts a new context on a finished plain module."""
+        own = self.state_dict()
+        if any(prefix + k in state_dict for k in own):
+            return
+        with torch.no_grad():
+            self.correction[-1].weight.zero_()
+            self.correction[-1].bias.zero_()
+        state_dict.update({prefix + k: v.clone() for k, v in own.items()})
+
+    def nonanchor_params(self, i: int, shared: list[torch.Tensor], anchors_hat: torch.Tensor):
+        hyper = shared[-1]
+        spatial = self.local_context[i](anchors_hat.to(hyper.dtype))
+        return (hyper + self.correction(torch.cat([spatial, hyper], dim=1))).chunk(2, dim=1)
+
+
 class HyperpriorModule(LambdaGains, nn.Module):
     """Mean-scale hyperprior on the autoencoder's latent (or encoder feature), with λ gains.
 
@@ -94,7 +136,9 @@ class HyperpriorModule(LambdaGains, nn.Module):
             1/16), ``hyper_channels`` (h_a/h_s width and z's channels, at 1/64), ``guide_channels``
             (c, the control module's input), ``latent_channels`` (z_c), ``lambdas``, ``blocks``
             ("activated", the default: the paper module's residual blocks, ending in a LeakyReLU;
-            "plain": :class:`~.blocks.PlainResidualBlock` and plain resampling, which learned better).
+            "plain": :class:`~.blocks.PlainResidualBlock` and plain resampling, which learned better),
+            ``context`` ("none", the default, or "checkerboard": :class:`CheckerboardHyperContext`, of
+            width ``context_hidden``).
     """
 
     def __init__(self, cfg: dict):
@@ -125,7 +169,10 @@ class HyperpriorModule(LambdaGains, nn.Module):
         self.h_s = nn.Sequential(
             conv3x3(h, h), act, ResidualBlockUp(h, h), ResidualBlockUp(h, h * 3 // 2), conv3x3(h * 3 // 2, 2 * m),
         )
-        self.context = HyperContext(m)
+        if cfg.get("context", "none") == "checkerboard":
+            self.context = CheckerboardHyperContext(m, cfg.get("context_hidden", 4 * m))
+        else:
+            self.context = HyperContext(m)
         # g_s: the mirror of g_a (ŷ → c at 1/8), then ``out`` predicts the latent z_c.
         if plain:
             self.g_s = nn.Sequential(
@@ -146,6 +193,18 @@ class HyperpriorModule(LambdaGains, nn.Module):
         scales = [self.quantize.log_scale]
         rest = [p for p in self.parameters() if p is not self.quantize.log_scale]
         return [{"params": rest}, {"params": scales, "lr_scale": GaussianHyperLatent.LR_SCALE}]
+
+    def y_parameters(self, y: torch.Tensor, hyper: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The (scales, means) y is coded with, at every position, as the coder's two passes get them:
+        h_s's output ``hyper`` alone, or with a checkerboard context, h_s's at the anchors and the
+        context's elsewhere, from the anchors rounded as coding rounds them (straight through)."""
+        scales, means = self.context.anchor_params(0, [hyper])
+        if not isinstance(self.context, CheckerboardHyperContext):
+            return scales, means
+        mask = anchor_mask(y.shape[2], y.shape[3], y.device, y.dtype)
+        anchors_hat = (ste_round(y - means) + means) * mask
+        s_n, m_n = self.context.nonanchor_params(0, [hyper], anchors_hat)
+        return scales * mask + s_n * (1 - mask), means * mask + m_n * (1 - mask)
 
     def forward(self, feature: torch.Tensor, lam: torch.Tensor, scale_bound: float = 0.11):
         """Training pass. y is rounded around its mean with a straight-through gradient (the value the
@@ -169,7 +228,7 @@ class HyperpriorModule(LambdaGains, nn.Module):
         if gain is not None:
             y = y * gain
         z_hat, z_bits = self.quantize(self.h_a(y).float(), scale_bound)
-        scales, means = self.h_s(z_hat).float().chunk(2, dim=1)
+        scales, means = self.y_parameters(y, self.h_s(z_hat).float())
         residual = ste_round(y - means)
         bits = gaussian_bits(residual, scales.abs().clamp_min(scale_bound)).flatten(1).sum(1) + z_bits
         y_hat = residual + means

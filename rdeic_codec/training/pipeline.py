@@ -1,7 +1,7 @@
 """``rdeic train``: the small profile's stages in order, each resumable, assembled into a model directory.
 
-    autoencoder → (decoder) → cache → denoiser, compression → stage1 → finetune (stage 2) → decoder_zc
-    → (VQ index prior) → (rate calibration) → model dir
+    autoencoder → (decoder) → cache → denoiser, compression → stage1 → finetune (stage 2) → (context)
+    → decoder_zc → (VQ index prior) → (rate calibration) → model dir
 
 "denoiser" and "compression" are independent of each other: on a machine with spare cores they can
 run at the same time, as two ``rdeic train --stages ...`` processes with the same ``--work``.
@@ -21,7 +21,7 @@ from ..model import RDEICModel, save_model
 from ..profiles import get_profile
 from .distributed import runtime
 
-STAGES = ("autoencoder", "decoder", "denoiser", "compression", "stage1", "finetune", "decoder_zc")
+STAGES = ("autoencoder", "decoder", "denoiser", "compression", "stage1", "finetune", "context", "decoder_zc")
 
 
 def _done(work: str, stage: str) -> bool:
@@ -49,6 +49,7 @@ def run(train_dir: str, valid_dir: str, work: str, output: str | None, profile: 
     from .checkpoint import load_checkpoint
     from .latent_cache import build_cache
     from .stage_autoencoder import train_autoencoder
+    from .stage_context import train_context
     from .stage_decoder import train_decoder
     from .stage_decoder_zc import checkpointed_modules, train_decoder_zc
     from .stage_denoiser import train_denoiser
@@ -60,7 +61,7 @@ def run(train_dir: str, valid_dir: str, work: str, output: str | None, profile: 
     # A profile may set its own counts (``stage_steps``, training only); --steps overrides both.
     recipe = get_profile(profile)
     steps = {"autoencoder": 4500, "decoder": 1000, "denoiser": 2100, "compression": 1800, "stage1": 2200, "finetune": 2000,
-             "decoder_zc": 3000,
+             "context": 3000, "decoder_zc": 3000,
              **recipe.pop("stage_steps", {}), **(steps or {})}
     rt = runtime(device)
     if not rt.is_main:
@@ -74,6 +75,10 @@ def run(train_dir: str, valid_dir: str, work: str, output: str | None, profile: 
             # A new compression module on the model's autoencoder and denoiser: the profile's design, and
             # the stages that train it (and the control module it guides) start afresh.
             config["compression"] = recipe["compression"]
+        elif "context" in stages:
+            # A new checkerboard context on the model's plain module (the stage's pre-hook loads its
+            # weights as a context that changes nothing): the profile's context settings.
+            config["compression"].update({k: v for k, v in recipe["compression"].items() if k.startswith("context")})
     else:
         config = recipe
     os.makedirs(work, exist_ok=True)
@@ -136,6 +141,15 @@ def run(train_dir: str, valid_dir: str, work: str, output: str | None, profile: 
                 train_finetune(model, train_dir, valid_dir, folder, steps[stage], seed=seed)
             _mark_done(work, stage)
         previous = stage
+    folder = os.path.join(work, "context")
+    if _done(work, "context"):
+        load_checkpoint(folder, {"compression": model.compression})
+    elif "context" in stages and config["compression"].get("context", "none") != "none":
+        # Before decoder_zc, so that the decoder trains on the z_c the finished module makes.
+        train_context(model, train_cache, valid_cache, folder, steps["context"], seed=seed)
+        _mark_done(work, "context")
+    elif "context" in stages:
+        log("context: skipped, the compression module has no checkerboard context to train")
     folder = os.path.join(work, "decoder_zc")
     if _done(work, "decoder_zc"):
         load_checkpoint(folder, checkpointed_modules(model))
