@@ -61,6 +61,22 @@ def test_rates_and_losses_stay_float32_under_autocast(profile):
     assert 0 < logs["msssim_zc"] < 1
 
 
+def test_the_context_stage_rate_is_float32_and_exact_under_autocast():
+    """The context stage's loss is a rate alone: under a bfloat16 autocast it is the float32 rate exactly."""
+    from rdeic_codec.training.stage_context import context_loss
+
+    torch.manual_seed(0)
+    model = RDEICModel(get_profile("tiny-hyperprior")).eval()
+    torch.nn.init.normal_(model.compression.context.correction[-1].weight, std=0.05)
+    z = torch.randn(2, model.config["unet"]["in_channels"], 16, 16)
+    lam = torch.tensor([0.1, 2.0])
+    with torch.no_grad():
+        exact, _ = context_loss(model, None, z, lam, rounded=True)
+        with torch.autocast(**BF16):
+            mixed, _ = context_loss(model, None, z, lam, rounded=True)
+    assert mixed.dtype == torch.float32 and torch.equal(mixed, exact)
+
+
 def test_ms_ssim_is_computed_in_float32_under_autocast():
     a = torch.rand(2, 3, 64, 64) * 2 - 1
     b = (a + 0.1 * torch.randn_like(a)).clamp(-1, 1)

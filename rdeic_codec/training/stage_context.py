@@ -45,14 +45,17 @@ def context_loss(model, feature, z, lam, generator=None, rounded: bool = False):
         lam: per-sample λ.
         rounded: the rate of the rounded residuals (what the file costs) instead of the noisy proxy.
     """
-    y, hyper, z_bits = frozen_y(model, feature, z, lam)
-    scales, means = model.compression.y_parameters(y, hyper)
-    scales = scales.abs().clamp_min(SCALE_BOUND)
-    if rounded:
-        residual = torch.round(y - means)
-    else:
-        residual = y - means + torch.rand(y.shape, generator=generator).to(y.device) - 0.5
-    bpp = (gaussian_bits(residual, scales).flatten(1).sum(1) + z_bits) / (z.shape[2] * z.shape[3] * 64)
+    # In float32 even under a bfloat16 autocast (training/precision.py): the whole loss is the rate, and
+    # bfloat16's 8 bits are too few for y − μ and the likelihoods. The context is small; it costs little.
+    with torch.autocast(z.device.type, enabled=False):
+        y, hyper, z_bits = frozen_y(model, None if feature is None else feature.float(), z.float(), lam)
+        scales, means = model.compression.y_parameters(y, hyper)
+        scales = scales.abs().clamp_min(SCALE_BOUND)
+        if rounded:
+            residual = torch.round(y - means)
+        else:
+            residual = y - means + torch.rand(y.shape, generator=generator).to(y.device) - 0.5
+        bpp = (gaussian_bits(residual, scales).flatten(1).sum(1) + z_bits) / (z.shape[2] * z.shape[3] * 64)
     return bpp.mean(), {"bpp_rounded" if rounded else "bpp_proxy": bpp.mean().item()}
 
 
