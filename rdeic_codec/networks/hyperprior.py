@@ -13,7 +13,8 @@ It keeps the parts and the interface the coder runs: ``g_a``, ``h_a``, ``quantiz
 :class:`GaussianHyperLatent`), ``h_s``, ``context`` (here :class:`HyperContext`, one slice whose two
 checkerboard passes share the same parameters), ``g_s`` and ``out``, and the λ gains of
 :class:`~.compression.LambdaGains`, so the range coder, tiling and the float64 entropy path are the
-same code for both designs.
+same code for both designs. With ``context`` "checkerboard" (:class:`CheckerboardHyperContext`) the
+second checkerboard pass also sees the decoded anchors (He et al., CVPR 2021).
 """
 
 from __future__ import annotations
