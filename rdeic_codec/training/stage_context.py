@@ -19,12 +19,10 @@ import torch
 
 from ..networks.compression import gaussian_bits
 from ..networks.hyperprior import CheckerboardHyperContext
+from ..refine import SCALE_BOUND
 from .latent_cache import LatentCrops
 from .loop import Trainer
 from .stage_rdeic import compression_source, sample_lambdas
-
-SCALE_BOUND = 0.11  # the scale table's smallest scale (the coder clamps there too)
-
 
 @torch.no_grad()
 def frozen_y(model, feature, z, lam):
