@@ -195,6 +195,8 @@ HYPERPRIOR_COMPRESSION = {
     # on a finished module): y's non-anchor half predicted from its decoded anchors as well as from h_s.
     "context": "checkerboard",
     "context_hidden": 384,
+    # Training only: the context stage's peak learning rate.
+    "context_learning_rate": 1e-4,
     # Training only: z_c's distortion is the MSE of what the frozen decoder makes of it against what
     # it makes of the true latent (images in [−1, 1]; see stage_rdeic.zc_distortion), weighted by
     # distortion_scale·λ^distortion_power, aimed at λ = 0.1 near 0.03 bpp and λ = 2 near 0.12 on whole

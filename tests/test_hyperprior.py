@@ -212,6 +212,27 @@ def test_rate_calibration_maps_the_lambda_range_onto_the_target_rates(tmp_path):
     assert measure_rates(model, photos, np.array([lo]))[0] == pytest.approx(before[0], rel=1e-6)
 
 
+@torch.no_grad()
+def test_a_calibrated_model_is_widened_back_to_its_trained_range(tmp_path):
+    """A model calibrated once, whose rates then must rise (a context made its files smaller): with its
+    earlier calibration, the high end reaches a rate the narrowed table could not, and the λ chosen (as
+    trained λ) agree with calibrating the uncalibrated model directly."""
+    from rdeic_codec.training.rate_calibration import calibrate_rates, measure_rates
+
+    photos = [smooth_image(128, 160, seed=s) for s in (21, 22)]
+    model = load_model(make_golden_model(str(tmp_path / "m")))
+    lo, hi = model.compression.lambda_range
+    before = measure_rates(model, photos, np.array([lo, hi]))
+    low, mid, high = before[0] * 1.3, float(np.sqrt(before[0] * before[1])), before[1] * 0.8
+    first = calibrate_rates(model, photos, low_bpp=low, high_bpp=mid, points=9, log=lambda m: None)
+    again = calibrate_rates(model, photos, low_bpp=low, high_bpp=high, points=9, previous=first, log=lambda m: None)
+    assert again["widened_from"] == first["old_lambda_range"]
+    assert measure_rates(model, photos, np.array([hi]))[0] == pytest.approx(high, rel=0.15)
+    direct = calibrate_rates(load_model(make_golden_model(str(tmp_path / "m2"))), photos, low_bpp=low,
+                             high_bpp=high, points=9, log=lambda m: None)
+    assert again["old_lambda_range"] == pytest.approx(direct["old_lambda_range"], rel=0.1)
+
+
 def test_a_checkerboard_context_learns_to_save_bits(tmp_path):
     """The context stage's loss, on one batch of a plain module's y with a new (zero) context: the first
     evaluation costs what the plain module's file costs, and after some steps on the rate alone the
@@ -246,8 +267,9 @@ def test_a_checkerboard_context_learns_to_save_bits(tmp_path):
 
 
 def test_the_context_stage_goes_on_a_finished_plain_model(tmp_path):
-    """`rdeic train --from MODEL --stages context`: only the new context trains; every other weight, and
-    the model's rate calibration, come through unchanged; the written model codes files."""
+    """`rdeic train --from MODEL --stages context`: only the new context trains, and every other weight
+    comes through unchanged but the λ gains, which the rate calibration takes from the model's trained
+    range again (the context lowered the rates); the written model codes files."""
     from PIL import Image
 
     from rdeic_codec.model import save_model
@@ -262,7 +284,8 @@ def test_the_context_stage_goes_on_a_finished_plain_model(tmp_path):
     first = tmp_path / "first"
     stages = ("autoencoder", "denoiser", "compression", "stage1", "finetune")
     save_model(plain, str(first), name="first", extra={"training": {
-        "stages": list(stages), "steps": {s: 1 for s in stages}, "rate_calibration": {"photos": 24}}})
+        "stages": list(stages), "steps": {s: 1 for s in stages},
+        "rate_calibration": {"photos": 24, "old_lambda_range": [0.2, 1.0]}}})
     out, work = tmp_path / "new", tmp_path / "work"
     pipeline.run(str(data / "train"), str(data / "valid"), str(work), str(out), profile="tiny-hyperprior",
                  stages=("context",), steps={"context": 3}, start_from=str(first), log=lambda m: None)
@@ -270,9 +293,10 @@ def test_the_context_stage_goes_on_a_finished_plain_model(tmp_path):
     assert b.config["compression"]["context"] == "checkerboard" and b.config["training"]["stages"][-1] == "context"
     for part in ("vae", "unet", "control", "compression"):
         for k, v in a.component(part).state_dict().items():
-            assert torch.equal(v, b.component(part).state_dict()[k]), (part, k)
+            if k not in ("log_gain", "log_inv_gain"):
+                assert torch.equal(v, b.component(part).state_dict()[k]), (part, k)
     assert b.compression.context.correction[-1].weight.abs().sum() > 0
-    assert b.config["training"]["rate_calibration"] == a.config["training"]["rate_calibration"]
+    assert b.config["training"]["rate_calibration"]["widened_from"] == [0.2, 1.0]
     assert "λ=2.0: bpp_rounded" in open(work / "context" / "valid.log").read()
     image = smooth_image(64, 64)
     assert codec.decode(b, codec.encode(b, image, 1.0).data, steps=2).shape == image.shape

@@ -146,7 +146,8 @@ def run(train_dir: str, valid_dir: str, work: str, output: str | None, profile: 
         load_checkpoint(folder, {"compression": model.compression})
     elif "context" in stages and config["compression"].get("context", "none") != "none":
         # Before decoder_zc, so that the decoder trains on the z_c the finished module makes.
-        train_context(model, train_cache, valid_cache, folder, steps["context"], seed=seed)
+        train_context(model, train_cache, valid_cache, folder, steps["context"], seed=seed,
+                      lr=config["compression"].get("context_learning_rate", 1e-4))
         _mark_done(work, "context")
     elif "context" in stages:
         log("context: skipped, the compression module has no checkerboard context to train")
@@ -163,15 +164,17 @@ def run(train_dir: str, valid_dir: str, work: str, output: str | None, profile: 
         model.to("cpu")
         extra = {}
         targets = config["compression"].get("rate_targets")
-        kept = _calibration_kept(model, start_from)
-        if kept is not None:
+        # A compression module trained afresh here has its whole trained range in its table.
+        previous, unchanged = _start_calibration(model, None if "compression" in stages else start_from)
+        if previous is not None and unchanged and not _done(work, "context"):
             # The start model's compression module, untouched (e.g. only decoder_zc ran): its rates are what
             # they were, and calibrating again would resample gains that were resampled already.
-            extra["rate_calibration"] = kept
+            extra["rate_calibration"] = previous
         elif targets and model.compression.lambda_range:
             from .rate_calibration import calibrate_rates, calibration_photos
 
-            extra["rate_calibration"] = calibrate_rates(model, calibration_photos(train_dir), *targets, log=log)
+            extra["rate_calibration"] = calibrate_rates(model, calibration_photos(train_dir), *targets,
+                                                        previous=previous, log=log)
         done = [s for s in STAGES if _done(work, s)]
         model_id = save_model(model, output, name=os.path.basename(os.path.normpath(output)),
                               extra={"training": {"stages": done, "steps": {s: _steps_run(work, s) for s in done},
@@ -180,18 +183,17 @@ def run(train_dir: str, valid_dir: str, work: str, output: str | None, profile: 
     rt.barrier()
 
 
-def _calibration_kept(model: RDEICModel, start_from: str | None) -> dict | None:
-    """The start model's rate calibration, if its compression module comes through unchanged; else None."""
+def _start_calibration(model: RDEICModel, start_from: str | None) -> tuple[dict | None, bool]:
+    """The start model's rate calibration (None without one) and whether the compression module's
+    weights it had come through unchanged."""
     if not start_from:
-        return None
+        return None, False
     from ..model import load_model
 
     start = load_model(start_from, parts=("compression",))
-    kept = start.config.get("training", {}).get("rate_calibration")
+    previous = start.config.get("training", {}).get("rate_calibration")
     theirs, ours = start.compression.state_dict(), model.compression.state_dict()
-    if kept is None or any(not torch.equal(v, ours[k].to(v)) for k, v in theirs.items()):
-        return None
-    return kept
+    return previous, all(torch.equal(v, ours[k].to(v)) for k, v in theirs.items())
 
 
 def _quiet(message: str) -> None:

@@ -10,6 +10,11 @@ found, and the gain table is resampled so that the model's λ range maps onto th
 log λ). Only the gain vectors change; a target outside what the model reaches leaves that end as it is.
 The low end matters as much as the high one: a run whose lowest λ makes 0.012 bpp files (run A′,
 docs/training.md) spends a fifth of the λ range below any rate worth using.
+
+A model calibrated before (its config's ``old_lambda_range``: the trained λ at its table's ends) whose
+rates have moved since, e.g. a checkerboard context added by the ``context`` stage (9–15% fewer bits at
+every λ), is first widened back to the trained range, extrapolating its table linearly in log λ, so that
+the new rates can be met with gains the module was trained on, then narrowed again.
 """
 
 from __future__ import annotations
@@ -56,9 +61,24 @@ def lambda_at_rate(lambdas: np.ndarray, rates: np.ndarray, target: float) -> flo
     return float(math.exp(x0 + (x1 - x0) * (math.log(target) - y0) / (y1 - y0)))
 
 
+def _resample(comp, log_lo: float, log_hi: float) -> None:
+    """Make the gain table span the table's own λ from exp(``log_lo``) to exp(``log_hi``): each anchor takes
+    the gains at its share of that span, linear in log λ; past the table's ends its end segments are
+    extrapolated (a widening), where :meth:`LambdaGains.gains` would clamp."""
+    anchors = comp.log_lambdas.double()
+    share = (anchors - anchors[0]) / (anchors[-1] - anchors[0])
+    x = log_lo + share * (log_hi - log_lo)
+    upper = torch.searchsorted(anchors, x.contiguous()).clamp(1, len(anchors) - 1)
+    lower = upper - 1
+    w = ((x - anchors[lower]) / (anchors[upper] - anchors[lower]))[:, None]  # < 0 or > 1: extrapolated
+    for p in (comp.log_gain, comp.log_inv_gain):
+        table = p.double()
+        p.copy_((table[lower] * (1 - w) + table[upper] * w).to(p.dtype))
+
+
 @torch.no_grad()
 def calibrate_rates(model, images: list[np.ndarray], low_bpp: float, high_bpp: float, points: int = 13,
-                    log=print) -> dict:
+                    previous: dict | None = None, log=print) -> dict:
     """Resample the model's λ gains so that its lowest λ gives ``low_bpp`` and its highest ``high_bpp``
     (mean file rate over ``images``). An end whose target the trained range does not reach stays as it
     is: the range can only narrow, to rates the gains were trained for.
@@ -69,12 +89,26 @@ def calibrate_rates(model, images: list[np.ndarray], low_bpp: float, high_bpp: f
         low_bpp: the target rate at the lowest λ.
         high_bpp: the target rate at the highest λ.
         points: λ values in the sweep, log-spaced over the model's range.
+        previous: the model's earlier calibration (its ``old_lambda_range``), if its gains were resampled
+            before: the table is widened back to the trained range first.
 
     Returns:
-        what was measured and done: the sweep, the λ chosen for each end, the rates after.
+        what was measured and done: the sweep, the λ chosen for each end (as trained λ), the rates after.
     """
     comp = model.compression
     lo, hi = comp.lambda_range
+    widened = None
+    if previous and "old_lambda_range" in previous and tuple(previous["old_lambda_range"]) != (lo, hi):
+        # The table's ends stand for the trained λ p_lo, p_hi; the trained ends lo, hi lie at these
+        # positions of the table's own λ (the mapping is linear in log λ).
+        p_lo, p_hi = (math.log(v) for v in previous["old_lambda_range"])
+        def at(v):
+            return math.log(lo) + (math.log(v) - p_lo) / (p_hi - p_lo) * (math.log(hi) - math.log(lo))
+
+        _resample(comp, at(lo), at(hi))
+        widened = [float(v) for v in previous["old_lambda_range"]]
+        log(f"rate calibration: the table (trained λ {widened[0]:.4g} … {widened[1]:.4g}) widened back to "
+            f"{lo:g} … {hi:g}")
     sweep = np.exp(np.linspace(math.log(lo), math.log(hi), points))
     rates = measure_rates(model, images, sweep)
     new_lo = lambda_at_rate(sweep, rates, low_bpp) or lo
@@ -82,19 +116,13 @@ def calibrate_rates(model, images: list[np.ndarray], low_bpp: float, high_bpp: f
     log(f"rate calibration on {len(images)} photos: λ {lo:g} … {hi:g} gave {rates[0]:.4f} … {rates[-1]:.4f} bpp; "
         f"the range now spans the old λ {new_lo:.4g} … {new_hi:.4g}")
     if (new_lo, new_hi) != (lo, hi):
-        # Old λ for each anchor of the table, linear in log λ, and the old gains there as the new anchors.
-        anchors = comp.log_lambdas.double()
-        t = (anchors - math.log(lo)) / (math.log(hi) - math.log(lo))
-        old = torch.exp(math.log(new_lo) + t * (math.log(new_hi) - math.log(new_lo)))
-        gain, inv = comp.gains(old.to(comp.log_gain.dtype))
-        comp.log_gain.copy_(gain[:, :, 0, 0].log())
-        comp.log_inv_gain.copy_(inv[:, :, 0, 0].log())
+        _resample(comp, math.log(new_lo), math.log(new_hi))
     model._entropy_path = None
     after = measure_rates(model, images, np.array([lo, hi]))
     log(f"rate calibration: λ {lo:g} → {after[0]:.4f} bpp, λ {hi:g} → {after[1]:.4f} bpp")
     return {"photos": len(images), "sweep_lambda": [float(v) for v in sweep], "sweep_bpp": [float(v) for v in rates],
             "old_lambda_range": [float(new_lo), float(new_hi)], "bpp_after": [float(v) for v in after],
-            "targets_bpp": [low_bpp, high_bpp]}
+            "targets_bpp": [low_bpp, high_bpp], **({"widened_from": widened} if widened else {})}
 
 
 def calibration_photos(folder: str, count: int = 24, max_side: int = 768) -> list[np.ndarray]:
