@@ -424,7 +424,9 @@ def info(input_path):
               help="Write the finished model directory here.")
 @click.option("--stages", default="autoencoder,decoder,denoiser,compression,stage1,finetune,decoder_zc",
               show_default=True,
-              help="Comma-separated stages to run, in order.")
+              help="Comma-separated stages to run, in order. Also: context (a checkerboard context on a "
+                   "finished model's compression module, with --from; from scratch the compression stage "
+                   "trains it).")
 @click.option("--steps", "step_overrides", multiple=True, metavar="STAGE=N",
               help="Iterations of a stage, e.g. --steps stage1=5000 (repeatable).")
 @click.option("--seed", type=int, default=0, show_default=True)

@@ -13,8 +13,9 @@ docs/training.md) spends a fifth of the λ range below any rate worth using.
 
 A model calibrated before (its config's ``old_lambda_range``: the trained λ at its table's ends) whose
 rates have moved since, e.g. a checkerboard context added by the ``context`` stage (9–15% fewer bits at
-every λ), is first widened back to the trained range, extrapolating its table linearly in log λ, so that
-the new rates can be met with gains the module was trained on, then narrowed again.
+every λ), is swept over the whole trained range again (its table's end segments extrapolated in log λ
+past the earlier range), so that the new rates can be met with gains the module was trained on; the new
+table is resampled once from the old one.
 """
 
 from __future__ import annotations
@@ -90,33 +91,41 @@ def calibrate_rates(model, images: list[np.ndarray], low_bpp: float, high_bpp: f
         high_bpp: the target rate at the highest λ.
         points: λ values in the sweep, log-spaced over the model's range.
         previous: the model's earlier calibration (its ``old_lambda_range``), if its gains were resampled
-            before: the table is widened back to the trained range first.
+            before: the sweep covers the whole trained range, the table's end segments extrapolated.
 
     Returns:
         what was measured and done: the sweep, the λ chosen for each end (as trained λ), the rates after.
     """
     comp = model.compression
     lo, hi = comp.lambda_range
+    # The trained λ at the table's ends: the λ range itself, unless an earlier calibration resampled it.
+    p_lo, p_hi = math.log(lo), math.log(hi)
     widened = None
     if previous and "old_lambda_range" in previous and tuple(previous["old_lambda_range"]) != (lo, hi):
-        # The table's ends stand for the trained λ p_lo, p_hi; the trained ends lo, hi lie at these
-        # positions of the table's own λ (the mapping is linear in log λ).
-        p_lo, p_hi = (math.log(v) for v in previous["old_lambda_range"])
-        def at(v):
-            return math.log(lo) + (math.log(v) - p_lo) / (p_hi - p_lo) * (math.log(hi) - math.log(lo))
-
-        _resample(comp, at(lo), at(hi))
         widened = [float(v) for v in previous["old_lambda_range"]]
+        p_lo, p_hi = (math.log(v) for v in widened)
+
+    def position(v: float) -> float:
+        """Where the trained λ ``v`` lies on the table's own log λ (the mapping is linear in log λ)."""
+        return math.log(lo) + (math.log(v) - p_lo) / (p_hi - p_lo) * (math.log(hi) - math.log(lo))
+
+    table = comp.log_gain.clone(), comp.log_inv_gain.clone()
+    if widened:
+        # For the sweep only, a view of the whole trained range; the result is resampled from the table as
+        # it was, once, so that its gains inside the earlier range stay what they were.
+        _resample(comp, position(lo), position(hi))
         log(f"rate calibration: the table (trained λ {widened[0]:.4g} … {widened[1]:.4g}) widened back to "
-            f"{lo:g} … {hi:g}")
+            f"{lo:g} … {hi:g} for the sweep")
     sweep = np.exp(np.linspace(math.log(lo), math.log(hi), points))
     rates = measure_rates(model, images, sweep)
     new_lo = lambda_at_rate(sweep, rates, low_bpp) or lo
     new_hi = lambda_at_rate(sweep, rates, high_bpp) or hi
     log(f"rate calibration on {len(images)} photos: λ {lo:g} … {hi:g} gave {rates[0]:.4f} … {rates[-1]:.4f} bpp; "
         f"the range now spans the old λ {new_lo:.4g} … {new_hi:.4g}")
-    if (new_lo, new_hi) != (lo, hi):
-        _resample(comp, math.log(new_lo), math.log(new_hi))
+    comp.log_gain.copy_(table[0])
+    comp.log_inv_gain.copy_(table[1])
+    if (math.log(new_lo), math.log(new_hi)) != (p_lo, p_hi):
+        _resample(comp, position(new_lo), position(new_hi))
     model._entropy_path = None
     after = measure_rates(model, images, np.array([lo, hi]))
     log(f"rate calibration: λ {lo:g} → {after[0]:.4f} bpp, λ {hi:g} → {after[1]:.4f} bpp")
