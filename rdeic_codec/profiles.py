@@ -195,9 +195,8 @@ HYPERPRIOR_COMPRESSION = {
     # on a finished module): y's non-anchor half predicted from its decoded anchors as well as from h_s.
     "context": "checkerboard",
     "context_hidden": 384,
-    # Training only: the context stage's peak learning rate. From the shipped module, 3e-4 had the rounded
-    # rate on 32 validation crops 6% below 1e-4's at 1,200 iterations than 1e-4's at 3,000 (docs/training.md,
-    # session 18).
+    # Training only: the context stage's peak learning rate. From the shipped module, 3e-4's rounded rate on
+    # 32 validation crops at 1,200 iterations was 2–6% below 1e-4's at 3,000 (docs/training.md, session 18).
     "context_learning_rate": 3e-4,
     # Training only: z_c's distortion is the MSE of what the frozen decoder makes of it against what
     # it makes of the true latent (images in [−1, 1]; see stage_rdeic.zc_distortion), weighted by

@@ -12,8 +12,8 @@ The low end matters as much as the high one: a run whose lowest λ makes 0.012 b
 docs/training.md) spends a fifth of the λ range below any rate worth using.
 
 A model calibrated before (its config's ``old_lambda_range``: the trained λ at its table's ends) whose
-rates have moved since, e.g. a checkerboard context added by the ``context`` stage (9–15% fewer bits at
-every λ), is swept over the whole trained range again (its table's end segments extrapolated in log λ
+rates have moved since, e.g. a checkerboard context added by the ``context`` stage (10–23% fewer bits
+at every λ), is swept over the whole trained range again (its table's end segments extrapolated in log λ
 past the earlier range), so that the new rates can be met with gains the module was trained on; the new
 table is resampled once from the old one.
 """
@@ -81,8 +81,8 @@ def _resample(comp, log_lo: float, log_hi: float) -> None:
 def calibrate_rates(model, images: list[np.ndarray], low_bpp: float, high_bpp: float, points: int = 13,
                     previous: dict | None = None, log=print) -> dict:
     """Resample the model's λ gains so that its lowest λ gives ``low_bpp`` and its highest ``high_bpp``
-    (mean file rate over ``images``). An end whose target the trained range does not reach stays as it
-    is: the range can only narrow, to rates the gains were trained for.
+    (mean file rate over ``images``). An end whose target the trained range does not reach stays at the
+    trained end: the range stays inside the rates the gains were trained for.
 
     Args:
         model: a model whose compression module has λ gains.
