@@ -207,6 +207,18 @@ class HyperpriorModule(LambdaGains, nn.Module):
         s_n, m_n = self.context.nonanchor_params(0, [hyper], anchors_hat)
         return scales * mask + s_n * (1 - mask), means * mask + m_n * (1 - mask)
 
+    def hyper_analysis(self, feature: torch.Tensor, lam: torch.Tensor, scale_bound: float = 0.11):
+        """The first half of :meth:`forward`: (y with its λ gain, the inverse gain (None without gains), ẑ
+        with a straight-through gradient, ẑ's bits per image, h_s(ẑ)). y and h_s(ẑ) are float32 even
+        under a bfloat16 autocast (training/precision.py): bfloat16 keeps 8 bits, too few for y − μ and
+        for the likelihoods."""
+        y = self.g_a(feature * self.cfg["feature_scale"]).float()
+        gain, inv = self.gains(lam)
+        if gain is not None:
+            y = y * gain
+        z_hat, z_bits = self.quantize(self.h_a(y).float(), scale_bound)
+        return y, inv, z_hat, z_bits, self.h_s(z_hat).float()
+
     def forward(self, feature: torch.Tensor, lam: torch.Tensor, scale_bound: float = 0.11):
         """Training pass. y is rounded around its mean with a straight-through gradient (the value the
         decoder sees), and its rate is the Gaussian likelihood of the rounded residual, which is what
@@ -222,14 +234,8 @@ class HyperpriorModule(LambdaGains, nn.Module):
             dict with ``c``, ``z_c``, ``bits`` (per image, y and z), ``vq_loss`` (0: no codebook) and
             ``indices`` (ẑ).
         """
-        # The rounding and the rates in float32 even under a bfloat16 autocast (training/precision.py):
-        # bfloat16 keeps 8 bits, too few for y − μ and for the likelihoods.
-        y = self.g_a(feature * self.cfg["feature_scale"]).float()
-        gain, inv = self.gains(lam)
-        if gain is not None:
-            y = y * gain
-        z_hat, z_bits = self.quantize(self.h_a(y).float(), scale_bound)
-        scales, means = self.y_parameters(y, self.h_s(z_hat).float())
+        y, inv, z_hat, z_bits, hyper = self.hyper_analysis(feature, lam, scale_bound)
+        scales, means = self.y_parameters(y, hyper)
         residual = ste_round(y - means)
         bits = gaussian_bits(residual, scales.abs().clamp_min(scale_bound)).flatten(1).sum(1) + z_bits
         y_hat = residual + means

@@ -27,12 +27,8 @@ from .stage_rdeic import compression_source, sample_lambdas
 @torch.no_grad()
 def frozen_y(model, feature, z, lam):
     """(gained y, h_s(ẑ), ẑ's bits) of the frozen module for a batch of crops at per-sample λ."""
-    comp = model.compression
-    y = comp.g_a(compression_source(model, feature, z) * comp.cfg["feature_scale"]).float()
-    gain, _ = comp.gains(lam)
-    y = y * gain
-    z_hat, z_bits = comp.quantize(comp.h_a(y).float(), SCALE_BOUND)
-    return y, comp.h_s(z_hat).float(), z_bits
+    y, _, _, z_bits, hyper = model.compression.hyper_analysis(compression_source(model, feature, z), lam, SCALE_BOUND)
+    return y, hyper, z_bits
 
 
 def context_loss(model, feature, z, lam, generator=None, rounded: bool = False):
