@@ -229,13 +229,14 @@ def test_training_can_start_from_a_finished_model(folders, first_stages, tmp_pat
     assert b.config["training"]["steps"] == {**a.config["training"]["steps"], "finetune": 1}
     image = smooth_image(64, 64)
     assert codec.decode(b, codec.encode(b, image, 1.0).data, steps=2).shape == image.shape
-    # A seeded stage (weights, no optimiser state) trains on when asked for more iterations.
-    os.remove(work / "denoiser" / "done")
-    pipeline.run(str(folders / "train"), str(folders / "valid"), str(work), None, stages=("denoiser",),
-                 steps={"denoiser": 3}, **run)
+    # `--from M --stages denoiser --steps denoiser=3`: the seeded stage (weights, no optimiser state) trains
+    # on from the model's one iteration instead of counting as finished.
+    work3 = tmp_path / "work3"
+    pipeline.run(str(folders / "train"), str(folders / "valid"), str(work3), None, stages=("denoiser",),
+                 steps={"denoiser": 3}, start_from=str(first), **run)
     from rdeic_codec.training.stage_denoiser import BaseDenoiser
 
-    assert load_checkpoint(str(work / "denoiser"), {"denoiser": BaseDenoiser(a.config)})["step"] == 3
+    assert load_checkpoint(str(work3 / "denoiser"), {"denoiser": BaseDenoiser(a.config)})["step"] == 3
 
 
 @pytest.mark.parametrize("profile", ["tiny", "tiny-shuffle"])

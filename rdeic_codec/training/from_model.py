@@ -33,13 +33,16 @@ def _stage_modules(model, stage: str) -> dict:
     return {"compression": model.compression, "control": model.control}
 
 
-def seed_work_from_model(model_dir: str, work: str, log=print, skip=()) -> list[str]:
+def seed_work_from_model(model_dir: str, work: str, log=print, skip=(), extend=None) -> list[str]:
     """Write the parts of the model in ``model_dir`` into ``work`` as finished stages; returns those stages.
 
     A stage that already has a checkpoint or is finished in ``work`` is left alone, so running the same
     command again resumes instead of starting over. ``finetune`` is seeded only when the model went
     through it; the ``decoder`` stage never is, because it refines whatever autoencoder it is given.
-    Stages in ``skip`` are not seeded (a new compression module trains them afresh).
+    Stages in ``skip`` are not seeded (a new compression module trains them afresh). A stage in
+    ``extend`` ({stage: iterations}) whose model ran fewer iterations is seeded unfinished, so that it
+    resumes from the model's weights to that count (``rdeic train --from M --stages stage1 --steps
+    stage1=N``).
     """
     from ..model import load_model
 
@@ -59,6 +62,10 @@ def seed_work_from_model(model_dir: str, work: str, log=print, skip=()) -> list[
                         extra={"from_model": model.config["model_id"]})
         if stage == "autoencoder":
             save_autoencoder(model.vae, os.path.join(folder, "vae"))
+        ran = steps.get(stage)
+        if stage in (extend or {}) and ran is not None and extend[stage] > ran:
+            log(f"{stage}: continues from model {model.config['model_id']}'s {ran} iterations to {extend[stage]}")
+            continue
         open(os.path.join(folder, "done"), "w").close()
         seeded.append(stage)
     if seeded:

@@ -60,6 +60,7 @@ def run(train_dir: str, valid_dir: str, work: str, output: str | None, profile: 
     # the others are those of the shipped model (see its model card), which the later stages need more of.
     # A profile may set its own counts (``stage_steps``, training only); --steps overrides both.
     recipe = get_profile(profile)
+    asked = dict(steps or {})  # the counts given explicitly (--steps): a seeded stage may continue to them
     steps = {"autoencoder": 4500, "decoder": 1000, "denoiser": 2100, "compression": 1800, "stage1": 2200, "finetune": 2000,
              "context": 3000, "decoder_zc": 3000,
              **recipe.pop("stage_steps", {}), **(steps or {})}
@@ -86,7 +87,8 @@ def run(train_dir: str, valid_dir: str, work: str, output: str | None, profile: 
         from .from_model import seed_work_from_model
 
         fresh = ("compression", "stage1", "finetune") if "compression" in stages else ()
-        seed_work_from_model(start_from, work, log=log, skip=fresh)
+        seed_work_from_model(start_from, work, log=log, skip=fresh,
+                             extend={s: n for s, n in asked.items() if s in stages})
     rt.barrier()
     if "autoencoder" in stages and not _done(work, "autoencoder"):
         train_autoencoder(config, train_dir, valid_dir, os.path.join(work, "autoencoder"), steps["autoencoder"],
