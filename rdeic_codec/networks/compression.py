@@ -224,15 +224,19 @@ class LambdaGains:
             return None
         return float(self.log_lambdas[0].exp()), float(self.log_lambdas[-1].exp())
 
-    def gains(self, lam: torch.Tensor, dtype=None):
+    def gains(self, lam: torch.Tensor, dtype=None, extrapolate: bool = False):
         """Per-channel (gain, inverse gain) for each λ of a (B,) tensor; (1, 1) without gains.
 
-        The log gains are interpolated linearly in log λ between the trained λ values.
+        The log gains are interpolated linearly in log λ between the trained λ values; past the ends
+        they stay at the end values, or with ``extrapolate`` continue the end segments (the rate
+        calibration's widening).
         """
         if self.log_lambdas is None:
             return None, None
         log_l = self.log_lambdas.to(dtype or self.log_gain.dtype)
-        x = torch.log(lam.to(log_l)).clamp(log_l[0], log_l[-1])
+        x = torch.log(lam.to(log_l))
+        if not extrapolate:
+            x = x.clamp(log_l[0], log_l[-1])
         hi = torch.searchsorted(log_l, x.contiguous()).clamp(1, len(log_l) - 1)
         lo = hi - 1
         w = ((x - log_l[lo]) / (log_l[hi] - log_l[lo]))[:, None]

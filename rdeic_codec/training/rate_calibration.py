@@ -65,16 +65,12 @@ def lambda_at_rate(lambdas: np.ndarray, rates: np.ndarray, target: float) -> flo
 def _resample(comp, log_lo: float, log_hi: float) -> None:
     """Make the gain table span the table's own λ from exp(``log_lo``) to exp(``log_hi``): each anchor takes
     the gains at its share of that span, linear in log λ; past the table's ends its end segments are
-    extrapolated (a widening), where :meth:`LambdaGains.gains` would clamp."""
+    extrapolated (a widening: :meth:`LambdaGains.gains` with ``extrapolate``)."""
     anchors = comp.log_lambdas.double()
     share = (anchors - anchors[0]) / (anchors[-1] - anchors[0])
-    x = log_lo + share * (log_hi - log_lo)
-    upper = torch.searchsorted(anchors, x.contiguous()).clamp(1, len(anchors) - 1)
-    lower = upper - 1
-    w = ((x - anchors[lower]) / (anchors[upper] - anchors[lower]))[:, None]  # < 0 or > 1: extrapolated
-    for p in (comp.log_gain, comp.log_inv_gain):
-        table = p.double()
-        p.copy_((table[lower] * (1 - w) + table[upper] * w).to(p.dtype))
+    gain, inv = comp.gains(torch.exp(log_lo + share * (log_hi - log_lo)), dtype=torch.float64, extrapolate=True)
+    comp.log_gain.copy_(gain[:, :, 0, 0].log())
+    comp.log_inv_gain.copy_(inv[:, :, 0, 0].log())
 
 
 @torch.no_grad()
