@@ -25,6 +25,15 @@ DATA = os.path.join(os.path.dirname(os.path.abspath(__file__)), "data")
 GOLDEN = {"none": os.path.join(DATA, "golden-hyperprior"),
           "checkerboard": os.path.join(DATA, "golden-hyperprior-checkerboard")}
 GOLDEN_LAMBDA = 0.5
+# A space-channel context's slices of y: the tiny profile's 12 channels, the small profile's 96.
+SLICES = {"tiny": [2, 4, 6], "small": [16, 16, 32, 32]}
+
+
+def set_context(comp_cfg: dict, context: str, size: str = "tiny") -> dict:
+    comp_cfg["context"] = context
+    if context == "space-channel":
+        comp_cfg["context_slices"] = SLICES[size]
+    return comp_cfg
 
 
 def scaled_init(module: nn.Module, seed: int) -> None:
@@ -48,25 +57,25 @@ def make_golden_model(folder: str, context: str = "none") -> str:
 
     torch.manual_seed(7)
     cfg = get_profile("tiny-hyperprior")
-    cfg["compression"]["context"] = context
+    set_context(cfg["compression"], context)
     model = RDEICModel(cfg)
     scaled_init(model.compression, seed=7)
     save_model(model, folder, name="golden-hyperprior")
     return folder
 
 
-@pytest.fixture(scope="module", params=["none", "checkerboard"])
+@pytest.fixture(scope="module", params=["none", "checkerboard", "space-channel"])
 def hyper_model(tmp_path_factory, request):
     folder = make_golden_model(str(tmp_path_factory.mktemp("tiny-hyperprior")), request.param)
     return load_model(folder)
 
 
-@pytest.fixture(scope="module", params=["none", "checkerboard"])
+@pytest.fixture(scope="module", params=["none", "checkerboard", "space-channel"])
 def small_shapes_path(request):
     """The small-hyperprior profile's module at its real shapes (96 channels of y, 64 of z), float64
-    entropy path, without and with the checkerboard context."""
+    entropy path, with each context."""
     cfg = get_profile("small-hyperprior")
-    cfg["compression"]["context"] = request.param
+    set_context(cfg["compression"], request.param, "small")
     comp = HyperpriorModule(cfg["compression"]).double()
     scaled_init(comp, seed=0)
     return cfg, comp
@@ -233,7 +242,8 @@ def test_a_calibrated_model_is_widened_back_to_its_trained_range(tmp_path):
     assert again["old_lambda_range"] == pytest.approx(direct["old_lambda_range"], rel=0.1)
 
 
-def test_a_checkerboard_context_learns_to_save_bits(tmp_path):
+@pytest.mark.parametrize("context", ["checkerboard", "space-channel"])
+def test_a_context_learns_to_save_bits(tmp_path, context):
     """The context stage's loss, on one batch of a plain module's y with a new (zero) context: the first
     evaluation costs what the plain module's file costs, and after some steps on the rate alone the
     rounded rate (what the coder writes) is lower, with y and ẑ untouched."""
@@ -241,7 +251,7 @@ def test_a_checkerboard_context_learns_to_save_bits(tmp_path):
 
     plain = load_model(make_golden_model(str(tmp_path / "plain"), "none"))
     cfg = copy.deepcopy(plain.config)
-    cfg["compression"]["context"] = "checkerboard"
+    set_context(cfg["compression"], context)
     from rdeic_codec.model import RDEICModel
 
     model = RDEICModel(cfg)
@@ -264,6 +274,30 @@ def test_a_checkerboard_context_learns_to_save_bits(tmp_path):
         opt.step()
     with torch.no_grad():
         assert context_loss(model, None, z, lam, rounded=True)[0].item() < 0.97 * start
+
+
+@torch.no_grad()
+def test_a_space_channel_context_replaces_a_checkerboard_one(tmp_path):
+    """Weights of a module with a trained checkerboard context load into one with a new space-channel
+    context (`rdeic train --from` such a model, --stages context): the old context is dropped and the new
+    one starts as none, so y is coded as by the plain module."""
+    from rdeic_codec.model import RDEICModel
+
+    board = load_model(make_golden_model(str(tmp_path / "board"), "checkerboard"))
+    weights = board.state_dict()
+    models = {}
+    for context in ("space-channel", "none"):
+        cfg = copy.deepcopy(board.config)
+        set_context(cfg["compression"], context)
+        models[context] = RDEICModel(cfg)
+        models[context].load_state_dict(weights if context != "none" else
+                                        {k: v for k, v in weights.items() if ".context." not in k})
+    gen = torch.Generator().manual_seed(3)
+    y = 3 * torch.randn(2, 12, 8, 8, generator=gen)
+    hyper = torch.randn(2, 24, 8, 8, generator=gen)
+    new, plain = (models[c].compression.y_parameters(y, hyper) for c in ("space-channel", "none"))
+    assert all(torch.equal(a, b) for a, b in zip(new, plain))
+    assert not torch.equal(board.compression.y_parameters(y, hyper)[1], plain[1])  # the old context did act
 
 
 def test_the_context_stage_goes_on_a_finished_plain_model(tmp_path):
@@ -297,6 +331,7 @@ def test_the_context_stage_goes_on_a_finished_plain_model(tmp_path):
                 assert torch.equal(v, b.component(part).state_dict()[k]), (part, k)
     assert b.compression.context.correction[-1].weight.abs().sum() > 0
     assert b.config["training"]["rate_calibration"]["widened_from"] == [0.2, 1.0]
+    assert b.config["training"]["from_model"] == a.config["model_id"]
     assert "λ=2.0: bpp_rounded" in open(work / "context" / "valid.log").read()
     image = smooth_image(64, 64)
     assert codec.decode(b, codec.encode(b, image, 1.0).data, steps=2).shape == image.shape

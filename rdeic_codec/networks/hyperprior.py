@@ -14,7 +14,9 @@ It keeps the parts and the interface the coder runs: ``g_a``, ``h_a``, ``quantiz
 checkerboard passes share the same parameters), ``g_s`` and ``out``, and the λ gains of
 :class:`~.compression.LambdaGains`, so the range coder, tiling and the float64 entropy path are the
 same code for both designs. With ``context`` "checkerboard" (:class:`CheckerboardHyperContext`) the
-second checkerboard pass also sees the decoded anchors (He et al., CVPR 2021).
+second checkerboard pass also sees the decoded anchors (He et al., CVPR 2021); with "space-channel"
+(:class:`SpaceChannelHyperContext`) y is coded in channel slices, each seeing the slices before it too
+(ELIC, He et al., CVPR 2022).
 """
 
 from __future__ import annotations
@@ -127,6 +129,103 @@ class CheckerboardHyperContext(HyperContext):
         return (hyper + self.correction(torch.cat([spatial, hyper], dim=1))).chunk(2, dim=1)
 
 
+class SpaceChannelHyperContext(HyperContext):
+    """A space-channel context on top of the hyperprior (He, Yang, Peng, Ma, Qin and Wang, "ELIC: Efficient
+    Learned Image Compression with Unevenly Grouped Space-Channel Contextual Adaptive Coding", CVPR 2022):
+    y's channels are coded in slices, each in the two checkerboard passes. Slice i's parameters are h_s's
+    for its channels plus a correction computed from ŷ of the slices before it (the channel context: a
+    3×3 convolution, then 1×1) and, in the non-anchor pass, from the slice's decoded anchors (a 5×5
+    convolution), through 1×1 layers. These are the passes the coder runs for the paper design's
+    :class:`~.compression.EntropyContext`. Every correction's last layer starts at zero, so a new context
+    codes exactly as :class:`HyperContext`.
+
+    Cost: the networks see only their slice's channels and h_s's parameters for them (2c), so with the
+    small profile's slices they do about half the multiply-adds of :class:`CheckerboardHyperContext`,
+    which mixes all of y's channels.
+
+    Args:
+        channels: M, y's channels.
+        slices: the channels of each slice, in coding order (adding up to M).
+        hidden: the width of each slice's 1×1 layers per channel of the slice (a slice of c channels
+            has c·hidden; ``context_hidden_per_channel``).
+        channel_hidden: the width of the channel context's 3×3 layer.
+    """
+
+    def __init__(self, channels: int, slices: list[int], hidden: int, channel_hidden: int):
+        super().__init__(channels)
+        if sum(slices) != channels:
+            raise ValueError(f"context_slices {slices} must add up to M={channels}")
+        self.slices = list(slices)
+        self.starts = [sum(slices[:i]) for i in range(len(slices) + 1)]
+        self.local_context = nn.ModuleList(nn.Conv2d(c, 2 * c, 5, padding=2) for c in slices)
+        # Index 0 has no slice before it (the coder's TiledContext never calls it).
+        self.channel_context = nn.ModuleList(
+            [nn.Identity()] + [nn.Sequential(nn.Conv2d(self.starts[i], channel_hidden, 3, padding=1), nn.GELU(),
+                                             nn.Conv2d(channel_hidden, 2 * c, 1))
+                               for i, c in enumerate(slices) if i > 0])
+
+        def correction(cin: int, c: int) -> nn.Sequential:
+            width = hidden * c
+            net = nn.Sequential(nn.Conv2d(cin, width, 1), nn.GELU(), nn.Conv2d(width, width, 1), nn.GELU(),
+                                nn.Conv2d(width, 2 * c, 1))
+            nn.init.zeros_(net[-1].weight)
+            nn.init.zeros_(net[-1].bias)
+            return net
+
+        # Inputs: h_s's parameters of the slice (2c), the channel context (2c, slices after the first),
+        # the spatial context (2c, non-anchor pass). Slice 0's anchors have h_s's parameters alone.
+        self.anchor_correction = nn.ModuleList(
+            [nn.Identity()] + [correction(4 * c, c) for i, c in enumerate(slices) if i > 0])
+        self.nonanchor_correction = nn.ModuleList(
+            correction((4 if i == 0 else 6) * c, c) for i, c in enumerate(slices))
+        self.register_load_state_dict_pre_hook(self._other_contexts_load_as_none)
+
+    def _other_contexts_load_as_none(self, module, state_dict, prefix, *args) -> None:
+        """Weights without this context's keys (a plain module's, or one with a checkerboard context) load
+        as a context that changes nothing: the other context's keys are dropped, the corrections' last
+        layers are zeroed and the current weights stand in. This is how ``rdeic train --from`` puts a new
+        space-channel context on a finished module."""
+        if prefix + "nonanchor_correction.0.0.weight" in state_dict:  # this context's own weights
+            return
+        for k in [k for k in state_dict if k.startswith(prefix)]:
+            del state_dict[k]
+        with torch.no_grad():
+            for net in list(self.anchor_correction)[1:] + list(self.nonanchor_correction):
+                net[-1].weight.zero_()
+                net[-1].bias.zero_()
+        state_dict.update({prefix + k: v.clone() for k, v in self.state_dict().items()})
+
+    def _hyper(self, i: int, hyper: torch.Tensor) -> torch.Tensor:
+        """h_s's (scales, means) of slice i's channels, (B, 2c, h, w)."""
+        m, s0, s1 = self.starts[-1], self.starts[i], self.starts[i + 1]
+        return torch.cat([hyper[:, s0:s1], hyper[:, m + s0 : m + s1]], dim=1)
+
+    def anchor_params(self, i: int, shared: list[torch.Tensor]):
+        base = self._hyper(i, shared[-1])
+        if i == 0:
+            return base.chunk(2, dim=1)
+        return (base + self.anchor_correction[i](torch.cat([base, shared[0]], dim=1))).chunk(2, dim=1)
+
+    def nonanchor_params(self, i: int, shared: list[torch.Tensor], anchors_hat: torch.Tensor):
+        base = self._hyper(i, shared[-1])
+        spatial = self.local_context[i](anchors_hat.to(base.dtype))
+        inputs = [base, spatial] + ([shared[0]] if i else [])
+        return (base + self.nonanchor_correction[i](torch.cat(inputs, dim=1))).chunk(2, dim=1)
+
+
+def build_context(cfg: dict) -> HyperContext:
+    """The entropy context a hyperprior config names (``context``: "none", "checkerboard" or "space-channel")."""
+    m, kind = cfg["M"], cfg.get("context", "none")
+    if kind == "checkerboard":
+        return CheckerboardHyperContext(m, cfg.get("context_hidden", 4 * m))
+    if kind == "space-channel":
+        return SpaceChannelHyperContext(m, cfg["context_slices"], cfg.get("context_hidden_per_channel", 4),
+                                        cfg.get("context_channel_hidden", 64))
+    if kind != "none":
+        raise ValueError(f"unknown hyperprior context {kind!r} (none, checkerboard, space-channel)")
+    return HyperContext(m)
+
+
 class HyperpriorModule(LambdaGains, nn.Module):
     """Mean-scale hyperprior on the autoencoder's latent (or encoder feature), with λ gains.
 
@@ -138,8 +237,9 @@ class HyperpriorModule(LambdaGains, nn.Module):
             (c, the control module's input), ``latent_channels`` (z_c), ``lambdas``, ``blocks``
             ("activated", the default: the paper module's residual blocks, ending in a LeakyReLU;
             "plain": :class:`~.blocks.PlainResidualBlock` and plain resampling, which learned better),
-            ``context`` ("none", the default, or "checkerboard": :class:`CheckerboardHyperContext`, of
-            width ``context_hidden``).
+            ``context`` ("none", the default; "checkerboard": :class:`CheckerboardHyperContext`, of
+            width ``context_hidden``; "space-channel": :class:`SpaceChannelHyperContext` with
+            ``context_slices``, ``context_hidden_per_channel`` and ``context_channel_hidden``).
     """
 
     def __init__(self, cfg: dict):
@@ -170,10 +270,7 @@ class HyperpriorModule(LambdaGains, nn.Module):
         self.h_s = nn.Sequential(
             conv3x3(h, h), act, ResidualBlockUp(h, h), ResidualBlockUp(h, h * 3 // 2), conv3x3(h * 3 // 2, 2 * m),
         )
-        if cfg.get("context", "none") == "checkerboard":
-            self.context = CheckerboardHyperContext(m, cfg.get("context_hidden", 4 * m))
-        else:
-            self.context = HyperContext(m)
+        self.context = build_context(cfg)
         # g_s: the mirror of g_a (ŷ → c at 1/8), then ``out`` predicts the latent z_c.
         if plain:
             self.g_s = nn.Sequential(
@@ -196,16 +293,28 @@ class HyperpriorModule(LambdaGains, nn.Module):
         return [{"params": rest}, {"params": scales, "lr_scale": GaussianHyperLatent.LR_SCALE}]
 
     def y_parameters(self, y: torch.Tensor, hyper: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """The (scales, means) y is coded with, at every position, as the coder's two passes get them:
-        h_s's output ``hyper`` alone, or with a checkerboard context, h_s's at the anchors and the
-        context's elsewhere, from the anchors rounded as coding rounds them (straight through)."""
-        scales, means = self.context.anchor_params(0, [hyper])
-        if not isinstance(self.context, CheckerboardHyperContext):
-            return scales, means
+        """The (scales, means) y is coded with, at every position, as the coder's passes get them: h_s's
+        output ``hyper`` alone, or with a context, slice by slice the anchor pass's parameters at the
+        anchors and the non-anchor pass's elsewhere, from the anchors (and earlier slices) rounded as
+        coding rounds them (straight through)."""
+        ctx = self.context
+        if type(ctx) is HyperContext:
+            return ctx.anchor_params(0, [hyper])
         mask = anchor_mask(y.shape[2], y.shape[3], y.device, y.dtype)
-        anchors_hat = (ste_round(y - means) + means) * mask
-        s_n, m_n = self.context.nonanchor_params(0, [hyper], anchors_hat)
-        return scales * mask + s_n * (1 - mask), means * mask + m_n * (1 - mask)
+        scales, means, decoded = [], [], []
+        starts = [sum(ctx.slices[:i]) for i in range(len(ctx.slices) + 1)]
+        for i in range(len(ctx.slices)):
+            y_i = y[:, starts[i] : starts[i + 1]]
+            shared = [hyper] if i == 0 else [ctx.channel_context[i](torch.cat(decoded, dim=1)), hyper]
+            s_a, m_a = ctx.anchor_params(i, shared)
+            anchors_hat = (ste_round(y_i - m_a) + m_a) * mask
+            s_n, m_n = ctx.nonanchor_params(i, shared, anchors_hat)
+            s_i, m_i = s_a * mask + s_n * (1 - mask), m_a * mask + m_n * (1 - mask)
+            scales.append(s_i)
+            means.append(m_i)
+            if i + 1 < len(ctx.slices):
+                decoded.append(ste_round(y_i - m_i) + m_i)  # ŷ of the slice, as the decoder has it
+        return torch.cat(scales, dim=1), torch.cat(means, dim=1)
 
     def hyper_analysis(self, feature: torch.Tensor, lam: torch.Tensor, scale_bound: float = 0.11):
         """The first half of :meth:`forward`: (y with its λ gain, the inverse gain (None without gains), ẑ

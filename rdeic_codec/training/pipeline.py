@@ -77,8 +77,8 @@ def run(train_dir: str, valid_dir: str, work: str, output: str | None, profile: 
             # the stages that train it (and the control module it guides) start afresh.
             config["compression"] = recipe["compression"]
         elif "context" in stages:
-            # A new checkerboard context on the model's plain module (the stage's pre-hook loads its
-            # weights as a context that changes nothing): the profile's context settings.
+            # A new context on the model's module (the context's pre-hook loads weights without it as a
+            # context that changes nothing): the profile's context settings.
             config["compression"].update({k: v for k, v in recipe["compression"].items() if k.startswith("context")})
     else:
         config = recipe
@@ -152,7 +152,7 @@ def run(train_dir: str, valid_dir: str, work: str, output: str | None, profile: 
                       lr=config["compression"].get("context_learning_rate", 1e-4))
         _mark_done(work, "context")
     elif "context" in stages:
-        log("context: skipped, the compression module has no checkerboard context to train")
+        log("context: skipped, the compression module has no learned context to train")
     folder = os.path.join(work, "decoder_zc")
     if _done(work, "decoder_zc"):
         load_checkpoint(folder, checkpointed_modules(model))
@@ -178,6 +178,10 @@ def run(train_dir: str, valid_dir: str, work: str, output: str | None, profile: 
             extra["rate_calibration"] = calibrate_rates(model, calibration_photos(train_dir), *targets,
                                                         previous=previous, log=log)
         done = [s for s in STAGES if _done(work, s)]
+        if start_from:  # the seeded stages' weights came from this model (its card has their history)
+            from ..model import read_config
+
+            extra["from_model"] = read_config(start_from)["model_id"]
         model_id = save_model(model, output, name=os.path.basename(os.path.normpath(output)),
                               extra={"training": {"stages": done, "steps": {s: _steps_run(work, s) for s in done},
                                                   "seed": seed, **extra}})

@@ -1,4 +1,4 @@
-"""Stage "context": train a checkerboard context on a finished hyperprior module's y, for the rate alone.
+"""Stage "context": train a learned context on a finished hyperprior module's y, for the rate alone.
 
 A plain hyperprior codes every element of y with the Gaussian h_s(ẑ) gives it. The checkerboard context
 (He et al., CVPR 2021; :class:`~rdeic_codec.networks.hyperprior.CheckerboardHyperContext`) codes half of
@@ -18,7 +18,7 @@ from __future__ import annotations
 import torch
 
 from ..networks.compression import gaussian_bits
-from ..networks.hyperprior import CheckerboardHyperContext
+from ..networks.hyperprior import HyperContext
 from ..refine import SCALE_BOUND
 from .latent_cache import LatentCrops
 from .loop import Trainer
@@ -58,8 +58,8 @@ def train_context(model, cache_path: str, valid_cache: str, work_dir: str, steps
     """Train (or resume) the checkerboard context of ``model``'s hyperprior module; updates ``model``.
 
     Args:
-        model: a model whose compression module has a :class:`CheckerboardHyperContext` (the profile's
-            ``context`` "checkerboard"), trained or seeded from a plain module's weights.
+        model: a model whose compression module has a learned context (the profile's ``context``
+            "checkerboard" or "space-channel"), trained or seeded from a module without it.
         cache_path, valid_cache: latent caches (training; validation: 32 fixed centre crops, whose rate
             is reported at λ = 0.1, 0.5, 2 as the file would count it).
         work_dir: the stage's checkpoint folder (it checkpoints the whole compression module).
@@ -67,9 +67,9 @@ def train_context(model, cache_path: str, valid_cache: str, work_dir: str, steps
         crop: crop side in latent pixels.
         lr: peak learning rate.
     """
-    if not isinstance(model.compression.context, CheckerboardHyperContext):
-        raise ValueError("the context stage needs a compression module with a checkerboard context "
-                         "(the profile's compression section: context \"checkerboard\")")
+    if type(model.compression.context) is HyperContext:
+        raise ValueError("the context stage needs a compression module with a learned context "
+                         "(the profile's compression section: context \"checkerboard\" or \"space-channel\")")
     torch.manual_seed(seed)
     model.requires_grad_(False)
     params = list(model.compression.context.parameters())
