@@ -21,9 +21,11 @@ from rdeic_codec.profiles import get_profile
 from conftest import make_tiny_model, smooth_image
 
 DATA = os.path.join(os.path.dirname(os.path.abspath(__file__)), "data")
-# The stored model, image file and ŷ of each context: "none" (the plain hyperprior) and "checkerboard".
+# The stored model, image file and ŷ of each context: "none" (the plain hyperprior), "checkerboard" and
+# "space-channel".
 GOLDEN = {"none": os.path.join(DATA, "golden-hyperprior"),
-          "checkerboard": os.path.join(DATA, "golden-hyperprior-checkerboard")}
+          "checkerboard": os.path.join(DATA, "golden-hyperprior-checkerboard"),
+          "space-channel": os.path.join(DATA, "golden-hyperprior-space-channel")}
 GOLDEN_LAMBDA = 0.5
 # A space-channel context's slices of y: the tiny profile's 12 channels, the small profile's 96.
 SLICES = {"tiny": [2, 4, 6], "small": [16, 16, 32, 32]}
@@ -51,8 +53,8 @@ def scaled_init(module: nn.Module, seed: int) -> None:
 
 
 def make_golden_model(folder: str, context: str = "none") -> str:
-    """The tiny hyperprior with random weights at their input's scale; with ``context`` "checkerboard",
-    its context's correction is random too (not the zero it starts training at)."""
+    """The tiny hyperprior with random weights at their input's scale; with a ``context``, its
+    corrections are random too (not the zero they start training at)."""
     from rdeic_codec.model import RDEICModel, save_model
 
     torch.manual_seed(7)
@@ -146,7 +148,7 @@ def _golden_inputs():
 
 
 @torch.no_grad()
-@pytest.mark.parametrize("context", ["none", "checkerboard"])
+@pytest.mark.parametrize("context", ["none", "checkerboard", "space-channel"])
 def test_golden_file_pins_the_bitstream(context):
     """A stored tiny hyperprior model codes a stored image to the stored bytes, and those bytes decode to
     the stored ŷ exactly: a change of the bitstream (coder, tables, hyper latent, context, walk order)
@@ -298,6 +300,23 @@ def test_a_space_channel_context_replaces_a_checkerboard_one(tmp_path):
     new, plain = (models[c].compression.y_parameters(y, hyper) for c in ("space-channel", "none"))
     assert all(torch.equal(a, b) for a, b in zip(new, plain))
     assert not torch.equal(board.compression.y_parameters(y, hyper)[1], plain[1])  # the old context did act
+
+
+@torch.no_grad()
+def test_reordering_y_changes_only_the_channel_order(tmp_path):
+    """`context_order` "rate" puts y's costliest channels first: the module makes the same z_c at the
+    same rate, with y's channels permuted."""
+    model = load_model(make_golden_model(str(tmp_path / "m"), "none"))
+    comp = model.compression
+    latent = torch.randn(2, comp.cfg["feature_channels"], 16, 16, generator=torch.Generator().manual_seed(5))
+    lam = torch.tensor([0.2, 1.5])
+    before, y_before = comp(latent, lam), comp.hyper_analysis(latent, lam)[0]
+    order = torch.randperm(comp.cfg["M"], generator=torch.Generator().manual_seed(6))
+    comp.reorder_y(order)
+    after, y_after = comp(latent, lam), comp.hyper_analysis(latent, lam)[0]
+    torch.testing.assert_close(y_after, y_before[:, order])
+    torch.testing.assert_close(after["z_c"], before["z_c"], atol=1e-5, rtol=1e-4)
+    torch.testing.assert_close(after["bits"], before["bits"], rtol=1e-5, atol=1e-2)
 
 
 def test_the_context_stage_goes_on_a_finished_plain_model(tmp_path):

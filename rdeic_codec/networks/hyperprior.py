@@ -316,6 +316,27 @@ class HyperpriorModule(LambdaGains, nn.Module):
                 decoded.append(ste_round(y_i - m_i) + m_i)  # ŷ of the slice, as the decoder has it
         return torch.cat(scales, dim=1), torch.cat(means, dim=1)
 
+    @torch.no_grad()
+    def reorder_y(self, order: torch.Tensor) -> None:
+        """Put y's channels in ``order`` (y_new[k] = y_old[order[k]]): every layer that writes or reads y
+        (g_a's last, h_a's first, h_s's last for both its halves, g_s's first, the λ gains) is permuted
+        alike, so the module computes the same z_c and rates, only y's channels come in another order.
+        A space-channel context codes slices in channel order; it is permuted before it learns, so its
+        own weights are not (call it on a module whose context is new)."""
+        m = self.cfg["M"]
+        order = torch.as_tensor(order, dtype=torch.long)
+        if sorted(order.tolist()) != list(range(m)):
+            raise ValueError(f"not an order of y's {m} channels")
+        both = torch.cat([order, order + m])
+        for conv, index, dim in ((self.g_a[-1], order, 0), (self.h_a[0], order, 1), (self.h_s[-1], both, 0),
+                                 (self.g_s[0], order, 1)):
+            conv.weight.copy_(conv.weight.index_select(dim, index))
+            if dim == 0:
+                conv.bias.copy_(conv.bias[index])
+        if self.log_lambdas is not None:
+            self.log_gain.copy_(self.log_gain[:, order])
+            self.log_inv_gain.copy_(self.log_inv_gain[:, order])
+
     def hyper_analysis(self, feature: torch.Tensor, lam: torch.Tensor, scale_bound: float = 0.11):
         """The first half of :meth:`forward`: (y with its λ gain, the inverse gain (None without gains), ẑ
         with a straight-through gradient, ẑ's bits per image, h_s(ẑ)). y and h_s(ẑ) are float32 even

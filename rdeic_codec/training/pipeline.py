@@ -149,7 +149,7 @@ def run(train_dir: str, valid_dir: str, work: str, output: str | None, profile: 
     elif "context" in stages and config["compression"].get("context", "none") != "none":
         # Before decoder_zc, so that the decoder trains on the z_c the finished module makes.
         train_context(model, train_cache, valid_cache, folder, steps["context"], seed=seed,
-                      lr=config["compression"].get("context_learning_rate", 1e-4))
+                      lr=config["compression"].get("context_learning_rate", 1e-4), log=log)
         _mark_done(work, "context")
     elif "context" in stages:
         log("context: skipped, the compression module has no learned context to train")

@@ -53,8 +53,19 @@ def context_loss(model, feature, z, lam, generator=None, rounded: bool = False):
     return bpp.mean(), {"bpp_rounded" if rounded else "bpp_proxy": bpp.mean().item()}
 
 
+@torch.no_grad()
+def channels_by_rate(model, feature, z, lam: float = 0.5) -> torch.Tensor:
+    """y's channels ordered by what each costs the plain hyperprior (h_s's parameters alone, rounded
+    residuals) on these crops at ``lam``, most first. A space-channel context codes the costly channels
+    first, so that the rest are coded knowing them (``context_order`` "rate")."""
+    y, hyper, _ = frozen_y(model, feature, z, torch.full((z.shape[0],), lam, device=z.device))
+    scales, means = hyper.chunk(2, dim=1)
+    bits = gaussian_bits(torch.round(y - means), scales.abs().clamp_min(SCALE_BOUND)).sum((0, 2, 3))
+    return torch.argsort(bits.cpu(), descending=True, stable=True)
+
+
 def train_context(model, cache_path: str, valid_cache: str, work_dir: str, steps: int, batch: int = 8,
-                  crop: int = 32, lr: float = 1e-4, seed: int = 0, save_every: int = 300):
+                  crop: int = 32, lr: float = 1e-4, seed: int = 0, save_every: int = 300, log=print):
     """Train (or resume) the checkerboard context of ``model``'s hyperprior module; updates ``model``.
 
     Args:
@@ -66,6 +77,7 @@ def train_context(model, cache_path: str, valid_cache: str, work_dir: str, steps
         steps: total iterations (a resumed run goes on to this count).
         crop: crop side in latent pixels.
         lr: peak learning rate.
+        log: where the reordering of y's channels (``context_order`` "rate") is reported.
     """
     if type(model.compression.context) is HyperContext:
         raise ValueError("the context stage needs a compression module with a learned context "
@@ -84,6 +96,11 @@ def train_context(model, cache_path: str, valid_cache: str, work_dir: str, steps
     valid = LatentCrops(valid_cache, crop, seed=1, features=features, flips=False)
     count = min(32, len(valid))
     z_valid, feat_valid = (v if v is None else v.to(dev) for v in valid.batch(count, indices=range(count)))
+    if trainer.start == 0 and model.compression.cfg.get("context_order") == "rate":
+        # Before the context learns (a resumed run has the order in its checkpoint).
+        order = channels_by_rate(model, feat_valid, z_valid)
+        model.compression.reorder_y(order)
+        log(f"context: y's channels reordered by their rate, most first: {order.tolist()}")
     lo, hi = model.compression.lambda_range
     gen = torch.Generator().manual_seed(trainer.seed(seed))
 
