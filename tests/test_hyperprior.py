@@ -343,12 +343,18 @@ def test_the_context_stage_goes_on_a_finished_plain_model(tmp_path):
     pipeline.run(str(data / "train"), str(data / "valid"), str(work), str(out), profile="tiny-hyperprior",
                  stages=("context",), steps={"context": 3}, start_from=str(first), log=lambda m: None)
     a, b = load_model(str(first)), load_model(str(out))
-    assert b.config["compression"]["context"] == "checkerboard" and b.config["training"]["stages"][-1] == "context"
+    assert b.config["compression"]["context"] == "space-channel" and b.config["training"]["stages"][-1] == "context"
+    # The profile's context_order "rate": y's channels were put in another order, then the context learned.
+    # Undone, every weight but the gains' is the first model's.
+    wa, wb = a.compression.g_a[-1].weight, b.compression.g_a[-1].weight
+    order = torch.tensor([next(j for j in range(len(wa)) if torch.equal(wb[k], wa[j])) for k in range(len(wb))])
+    assert sorted(order.tolist()) == list(range(12)) and order.tolist() != list(range(12))
+    b.compression.reorder_y(torch.argsort(order))
     for part in ("vae", "unet", "control", "compression"):
         for k, v in a.component(part).state_dict().items():
             if k not in ("log_gain", "log_inv_gain"):
                 assert torch.equal(v, b.component(part).state_dict()[k]), (part, k)
-    assert b.compression.context.correction[-1].weight.abs().sum() > 0
+    assert b.compression.context.nonanchor_correction[0][-1].weight.abs().sum() > 0
     assert b.config["training"]["rate_calibration"]["widened_from"] == [0.2, 1.0]
     assert b.config["training"]["from_model"] == a.config["model_id"]
     assert "λ=2.0: bpp_rounded" in open(work / "context" / "valid.log").read()

@@ -140,14 +140,14 @@ class SpaceChannelHyperContext(HyperContext):
     codes exactly as :class:`HyperContext`.
 
     Cost: the networks see only their slice's channels and h_s's parameters for them (2c), so with the
-    small profile's slices they do about half the multiply-adds of :class:`CheckerboardHyperContext`,
+    small profile's slices and width they do fewer multiply-adds than :class:`CheckerboardHyperContext`,
     which mixes all of y's channels.
 
     Args:
         channels: M, y's channels.
         slices: the channels of each slice, in coding order (adding up to M).
-        hidden: the width of each slice's 1×1 layers per channel of the slice (a slice of c channels
-            has c·hidden; ``context_hidden_per_channel``).
+        hidden: the width of every slice's 1×1 layers (``context_hidden``): the same for every slice,
+            so that the first slices, which carry most of the bits, are not the narrowest.
         channel_hidden: the width of the channel context's 3×3 layer.
     """
 
@@ -165,9 +165,8 @@ class SpaceChannelHyperContext(HyperContext):
                                for i, c in enumerate(slices) if i > 0])
 
         def correction(cin: int, c: int) -> nn.Sequential:
-            width = hidden * c
-            net = nn.Sequential(nn.Conv2d(cin, width, 1), nn.GELU(), nn.Conv2d(width, width, 1), nn.GELU(),
-                                nn.Conv2d(width, 2 * c, 1))
+            net = nn.Sequential(nn.Conv2d(cin, hidden, 1), nn.GELU(), nn.Conv2d(hidden, hidden, 1), nn.GELU(),
+                                nn.Conv2d(hidden, 2 * c, 1))
             nn.init.zeros_(net[-1].weight)
             nn.init.zeros_(net[-1].bias)
             return net
@@ -219,7 +218,7 @@ def build_context(cfg: dict) -> HyperContext:
     if kind == "checkerboard":
         return CheckerboardHyperContext(m, cfg.get("context_hidden", 4 * m))
     if kind == "space-channel":
-        return SpaceChannelHyperContext(m, cfg["context_slices"], cfg.get("context_hidden_per_channel", 4),
+        return SpaceChannelHyperContext(m, cfg["context_slices"], cfg.get("context_hidden", 2 * m),
                                         cfg.get("context_channel_hidden", 64))
     if kind != "none":
         raise ValueError(f"unknown hyperprior context {kind!r} (none, checkerboard, space-channel)")
@@ -239,7 +238,7 @@ class HyperpriorModule(LambdaGains, nn.Module):
             "plain": :class:`~.blocks.PlainResidualBlock` and plain resampling, which learned better),
             ``context`` ("none", the default; "checkerboard": :class:`CheckerboardHyperContext`, of
             width ``context_hidden``; "space-channel": :class:`SpaceChannelHyperContext` with
-            ``context_slices``, ``context_hidden_per_channel`` and ``context_channel_hidden``).
+            ``context_slices``, ``context_hidden`` and ``context_channel_hidden``).
     """
 
     def __init__(self, cfg: dict):
