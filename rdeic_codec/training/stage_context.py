@@ -8,7 +8,11 @@ that is otherwise finished: g_a, h_a, the gains, h_s, g_s and everything after s
 are what they were and the loss is y's rate alone (Gaussian bits of y − μ plus uniform noise, the
 proxy whose gradient reaches the means; validation counts the rounded residuals the coder writes).
 
-The context starts as no context (its correction's last layer is zero), so the first iteration codes
+The space-channel context (ELIC, He et al., CVPR 2022; :class:`~rdeic_codec.networks.hyperprior.
+SpaceChannelHyperContext`) codes y in channel slices, each in the two checkerboard passes and knowing the
+slices before it; with ``context_order`` "rate" this stage first puts y's costliest channels first.
+
+The context starts as no context (its corrections' last layers are zero), so the first iteration codes
 exactly as the plain module. What moves besides the rate: the non-anchor half of ŷ is rounded around
 the context's means instead of h_s's, so z_c moves by less than the quantisation step there.
 """
@@ -57,7 +61,8 @@ def context_loss(model, feature, z, lam, generator=None, rounded: bool = False):
 def channels_by_rate(model, feature, z, lam: float = 0.5) -> torch.Tensor:
     """y's channels ordered by what each costs the plain hyperprior (h_s's parameters alone, rounded
     residuals) on these crops at ``lam``, most first. A space-channel context codes the costly channels
-    first, so that the rest are coded knowing them (``context_order`` "rate")."""
+    first, so that the rest are coded knowing them (``context_order`` "rate"). The stage passes its 32
+    validation crops: a statistic of the frozen module, which the context does not train on."""
     y, hyper, _ = frozen_y(model, feature, z, torch.full((z.shape[0],), lam, device=z.device))
     scales, means = hyper.chunk(2, dim=1)
     bits = gaussian_bits(torch.round(y - means), scales.abs().clamp_min(SCALE_BOUND)).sum((0, 2, 3))
@@ -66,7 +71,7 @@ def channels_by_rate(model, feature, z, lam: float = 0.5) -> torch.Tensor:
 
 def train_context(model, cache_path: str, valid_cache: str, work_dir: str, steps: int, batch: int = 8,
                   crop: int = 32, lr: float = 1e-4, seed: int = 0, save_every: int = 300, log=print):
-    """Train (or resume) the checkerboard context of ``model``'s hyperprior module; updates ``model``.
+    """Train (or resume) the learned context of ``model``'s hyperprior module; updates ``model``.
 
     Args:
         model: a model whose compression module has a learned context (the profile's ``context``
