@@ -424,7 +424,7 @@ def info(input_path):
               help="Write the finished model directory here.")
 @click.option("--stages", default="autoencoder,decoder,denoiser,compression,stage1,finetune,decoder_zc",
               show_default=True,
-              help="Comma-separated stages to run, in order. Also: context (a checkerboard context on a "
+              help="Comma-separated stages to run, in order. Also: context (the profile's learned context on a "
                    "finished model's compression module, with --from; from scratch the compression stage "
                    "trains it).")
 @click.option("--steps", "step_overrides", multiple=True, metavar="STAGE=N",

@@ -78,7 +78,27 @@ class HyperContext(nn.Module):
     def __init__(self, channels: int):
         super().__init__()
         self.slices = [channels]
+        self.starts = [0, channels]  # each slice's first channel, and M
         self.local_context = nn.ModuleList([nn.Identity()])  # no spatial context: nothing to reach
+
+    def corrections(self) -> list[nn.Sequential]:
+        """A learned context's correction networks (their last layers start at zero); none here."""
+        return []
+
+    def _load_as_none(self, module, state_dict, prefix, *args) -> None:
+        """Weights without this context's own (a plain module's, or one with another context) load as a
+        context that changes nothing: the other context's keys are dropped, the corrections' last layers
+        are zeroed and the current weights stand in. This is how ``rdeic train --from`` puts a new
+        context on a finished module. A learned context registers it as a load pre-hook."""
+        if prefix + self.OWN_KEY in state_dict:
+            return
+        for k in [k for k in state_dict if k.startswith(prefix)]:
+            del state_dict[k]
+        with torch.no_grad():
+            for net in self.corrections():
+                net[-1].weight.zero_()
+                net[-1].bias.zero_()
+        state_dict.update({prefix + k: v.clone() for k, v in self.state_dict().items()})
 
     def anchor_params(self, i: int, shared: list[torch.Tensor]):
         return shared[-1].chunk(2, dim=1)
@@ -109,19 +129,12 @@ class CheckerboardHyperContext(HyperContext):
         )
         nn.init.zeros_(self.correction[-1].weight)
         nn.init.zeros_(self.correction[-1].bias)
-        self.register_load_state_dict_pre_hook(self._plain_weights_load_as_no_context)
+        self.register_load_state_dict_pre_hook(self._load_as_none)
 
-    def _plain_weights_load_as_no_context(self, module, state_dict, prefix, *args) -> None:
-        """A plain hyperprior's weights (none of this context's keys) load as a context that changes
-        nothing: the correction's last layer is zeroed and its current weights stand in for the missing
-        ones. This is how ``rdeic train --from`` puts a new context on a finished plain module."""
-        own = self.state_dict()
-        if any(prefix + k in state_dict for k in own):
-            return
-        with torch.no_grad():
-            self.correction[-1].weight.zero_()
-            self.correction[-1].bias.zero_()
-        state_dict.update({prefix + k: v.clone() for k, v in own.items()})
+    OWN_KEY = "correction.0.weight"  # present in this context's weights only
+
+    def corrections(self) -> list[nn.Sequential]:
+        return [self.correction]
 
     def nonanchor_params(self, i: int, shared: list[torch.Tensor], anchors_hat: torch.Tensor):
         hyper = shared[-1]
@@ -177,22 +190,12 @@ class SpaceChannelHyperContext(HyperContext):
             [nn.Identity()] + [correction(4 * c, c) for i, c in enumerate(slices) if i > 0])
         self.nonanchor_correction = nn.ModuleList(
             correction((4 if i == 0 else 6) * c, c) for i, c in enumerate(slices))
-        self.register_load_state_dict_pre_hook(self._other_contexts_load_as_none)
+        self.register_load_state_dict_pre_hook(self._load_as_none)
 
-    def _other_contexts_load_as_none(self, module, state_dict, prefix, *args) -> None:
-        """Weights without this context's keys (a plain module's, or one with a checkerboard context) load
-        as a context that changes nothing: the other context's keys are dropped, the corrections' last
-        layers are zeroed and the current weights stand in. This is how ``rdeic train --from`` puts a new
-        space-channel context on a finished module."""
-        if prefix + "nonanchor_correction.0.0.weight" in state_dict:  # this context's own weights
-            return
-        for k in [k for k in state_dict if k.startswith(prefix)]:
-            del state_dict[k]
-        with torch.no_grad():
-            for net in list(self.anchor_correction)[1:] + list(self.nonanchor_correction):
-                net[-1].weight.zero_()
-                net[-1].bias.zero_()
-        state_dict.update({prefix + k: v.clone() for k, v in self.state_dict().items()})
+    OWN_KEY = "nonanchor_correction.0.0.weight"  # present in this context's weights only
+
+    def corrections(self) -> list[nn.Sequential]:
+        return list(self.anchor_correction)[1:] + list(self.nonanchor_correction)
 
     def _hyper(self, i: int, hyper: torch.Tensor) -> torch.Tensor:
         """h_s's (scales, means) of slice i's channels, (B, 2c, h, w)."""
@@ -301,9 +304,8 @@ class HyperpriorModule(LambdaGains, nn.Module):
             return ctx.anchor_params(0, [hyper])
         mask = anchor_mask(y.shape[2], y.shape[3], y.device, y.dtype)
         scales, means, decoded = [], [], []
-        starts = [sum(ctx.slices[:i]) for i in range(len(ctx.slices) + 1)]
         for i in range(len(ctx.slices)):
-            y_i = y[:, starts[i] : starts[i + 1]]
+            y_i = y[:, ctx.starts[i] : ctx.starts[i + 1]]
             shared = [hyper] if i == 0 else [ctx.channel_context[i](torch.cat(decoded, dim=1)), hyper]
             s_a, m_a = ctx.anchor_params(i, shared)
             anchors_hat = (ste_round(y_i - m_a) + m_a) * mask

@@ -71,7 +71,8 @@ def run(train_dir: str, valid_dir: str, work: str, output: str | None, profile: 
         # The model's own network shapes, whatever --profile says: its weights must fit them.
         from ..model import read_config
 
-        config = {k: v for k, v in read_config(start_from).items() if k not in ("model_id", "name", "training")}
+        start_config = read_config(start_from)
+        config = {k: v for k, v in start_config.items() if k not in ("model_id", "name", "training")}
         if "compression" in stages:
             # A new compression module on the model's autoencoder and denoiser: the profile's design, and
             # the stages that train it (and the control module it guides) start afresh.
@@ -179,9 +180,7 @@ def run(train_dir: str, valid_dir: str, work: str, output: str | None, profile: 
                                                         previous=previous, log=log)
         done = [s for s in STAGES if _done(work, s)]
         if start_from:  # the seeded stages' weights came from this model (its card has their history)
-            from ..model import read_config
-
-            extra["from_model"] = read_config(start_from)["model_id"]
+            extra["from_model"] = start_config["model_id"]
         model_id = save_model(model, output, name=os.path.basename(os.path.normpath(output)),
                               extra={"training": {"stages": done, "steps": {s: _steps_run(work, s) for s in done},
                                                   "seed": seed, **extra}})
