@@ -440,7 +440,8 @@ def info(input_path):
 @click.option("--from", "start_from", type=click.Path(exists=True, file_okay=False), default=None,
               help="Start from this model directory: its parts count as finished stages, so the stages "
                    "left (e.g. --stages decoder,finetune) refine it; a stage in --stages that --steps gives "
-                   "more iterations than the model ran continues from it.")
+                   "more iterations than the model ran continues from it (for compression: the model's own module, "
+                   "its context included; without such --steps, compression trains the profile's design afresh).")
 @click.option("--precision", type=click.Choice(["auto", "bf16", "fp32"]), default="auto", show_default=True,
               help="Training steps in bfloat16 autocast (float32 weights) or float32; auto: bf16 where the device "
                    "computes it natively (AMX or AVX-512 BF16 CPUs, most GPUs), about 2.5x faster there.")

@@ -200,6 +200,31 @@ def test_a_new_compression_module_goes_on_a_finished_model(tmp_path):
     image = smooth_image(64, 64)
     assert codec.decode(b, codec.encode(b, image, 1.0).data, steps=2).shape == image.shape
 
+    # `--from NEW --stages compression --steps compression=4`, past the model's 2: the model's own module
+    # trains on from its weights (not afresh), and its control module is the one it had.
+    on = tmp_path / "on"
+    pipeline.run(str(data / "train"), str(data / "valid"), str(tmp_path / "work-on"), str(on),
+                 profile="tiny-hyperprior", stages=("compression",), steps={"compression": 4},
+                 start_from=str(out), log=lambda m: None)
+    c = load_model(str(on))
+    assert c.config["training"]["steps"]["compression"] == 4 and c.config["training"]["from_model"] == b.config["model_id"]
+    continued = HyperpriorModule(b.config["compression"])
+    assert load_checkpoint(str(tmp_path / "work-on" / "compression"), {"compression": continued})["step"] == 4
+    moved = 0.0
+    for k, v in b.compression.named_parameters():
+        if k in ("log_gain", "log_inv_gain"):
+            continue
+        new = dict(continued.named_parameters())[k]
+        torch.testing.assert_close(new, v.float(), atol=2e-3, rtol=2e-3)  # two small steps from b's weights
+        moved = max(moved, (new - v.float()).abs().max().item())
+    assert moved > 0
+    # The written module is the continued one, not the copy of b's that the seeded stage 1 holds.
+    written = dict(c.compression.named_parameters())
+    assert any(not torch.equal(written[k], v) for k, v in b.compression.named_parameters() if "gain" not in k)
+    for k, v in b.control.state_dict().items():
+        assert torch.equal(v, c.control.state_dict()[k]), k
+    assert codec.decode(c, codec.encode(c, image, 1.0).data, steps=2).shape == image.shape
+
 
 @torch.no_grad()
 def test_rate_calibration_maps_the_lambda_range_onto_the_target_rates(tmp_path):

@@ -54,7 +54,7 @@ def run(train_dir: str, valid_dir: str, work: str, output: str | None, profile: 
     from .stage_decoder_zc import checkpointed_modules, train_decoder_zc
     from .stage_denoiser import train_denoiser
     from .stage_finetune import train_finetune
-    from .stage_rdeic import estimate_index_prior, train_stage1
+    from .stage_rdeic import compression_is_frozen, estimate_index_prior, train_stage1
 
     # The autoencoder's counts reach 30 dB with the small profile's ShuffleAutoencoder (docs/training.md);
     # the others are those of the shipped model (see its model card), which the later stages need more of.
@@ -73,7 +73,9 @@ def run(train_dir: str, valid_dir: str, work: str, output: str | None, profile: 
 
         start_config = read_config(start_from)
         config = {k: v for k, v in start_config.items() if k not in ("model_id", "name", "training")}
-        if "compression" in stages:
+        # `--steps compression=N` past the model's count continues the model's own module instead (its
+        # config and weights, context included; its control module stays): see continues_compression.
+        if "compression" in stages and not continues_compression(start_config, stages, asked):
             # A new compression module on the model's autoencoder and denoiser: the profile's design, and
             # the stages that train it (and the control module it guides) start afresh.
             config["compression"] = recipe["compression"]
@@ -87,7 +89,9 @@ def run(train_dir: str, valid_dir: str, work: str, output: str | None, profile: 
     if start_from and rt.is_main:
         from .from_model import seed_work_from_model
 
-        fresh = ("compression", "stage1", "finetune") if "compression" in stages else ()
+        fresh = ()
+        if "compression" in stages and not continues_compression(start_config, stages, asked):
+            fresh = ("compression", "stage1", "finetune")
         seed_work_from_model(start_from, work, log=log, skip=fresh,
                              extend={s: n for s, n in asked.items() if s in stages})
     rt.barrier()
@@ -126,7 +130,11 @@ def run(train_dir: str, valid_dir: str, work: str, output: str | None, profile: 
         if stage != "compression":
             modules["control"] = model.control
         if _done(work, stage):
-            # A finished stage's weights carry into the later stages and into the written model.
+            # A finished stage's weights carry into the later stages and into the written model. Stages 1
+            # and 2 leave a frozen compression module as they found it, and it may have trained on since
+            # (a continued compression stage): of theirs, only the control module counts.
+            if stage != "compression" and compression_is_frozen(model):
+                modules = {"control": model.control}
             load_checkpoint(folder, modules)
         elif stage in stages:
             if previous and not os.path.exists(os.path.join(folder, "checkpoint.safetensors")):
@@ -186,6 +194,15 @@ def run(train_dir: str, valid_dir: str, work: str, output: str | None, profile: 
                                                   "seed": seed, **extra}})
         log(f"wrote {output} (model id {model_id})")
     rt.barrier()
+
+
+def continues_compression(start_config: dict, stages, asked: dict) -> bool:
+    """Whether ``rdeic train --from M --stages compression`` goes on training M's own compression module
+    (``--steps compression=N`` above the iterations M's config records) instead of a new one of the
+    profile's design. How a context put on a finished module (the ``context`` stage) is trained jointly
+    with g_a, h_s and g_s afterwards, at the tail of the compression stage's schedule."""
+    ran = start_config.get("training", {}).get("steps", {}).get("compression")
+    return "compression" in stages and ran is not None and asked.get("compression", 0) > ran
 
 
 def _start_calibration(model: RDEICModel, start_from: str | None) -> tuple[dict | None, bool]:
