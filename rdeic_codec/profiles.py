@@ -229,6 +229,13 @@ HYPERPRIOR_COMPRESSION = {
     # measured on 24 training photos (rdeic_codec/training/rate_calibration.py): the issue-21 range
     # (λ = 0.1 → ≤ 0.03, λ = 2 → 0.10–0.14) with a margin for varied photos.
     "rate_targets": [0.027, 0.125],
+    # Training only: what a continued compression stage (`rdeic train --from M --stages compression --steps
+    # compression=N`, N past M's count) trains. g_s, its output layer and the context learn around a context
+    # trained for the rate alone; g_a, h_a, h_s and the gains stay, so y and the rates stay too. On from
+    # r19sc6 (1,000 iterations, 24 CPU-min): at the same bytes as the shipped model +0.09 / +0.43 / +0.31 dB
+    # at 0.023 / 0.055 / 0.093 bpp on the 66 validation photos; the whole module on (r20cont) raised every
+    # rate, λ = 0.1 to 0.037 bpp, and lost 1 dB there (docs/training.md, session 20).
+    "continue_parts": ["g_s", "out", "context"],
     # Training only: the compression stage's peak learning rate (the probes' 3e-4).
     "learning_rate": 3e-4,
     # Training only: stages 1 and 2 train the control module alone; the rates stay where the
@@ -325,7 +332,7 @@ TINY_HYPERPRIOR["compression"] = {"type": "hyperprior", "input": "latent", "feat
                                   "context_slices": [2, 4, 6], "context_hidden": 16,
                                   "context_channel_hidden": 8, "context_order": "rate", "zc_pixel_weight": 1.0,
                                   "zc_latent_weight": 0.0, "train_in_diffusion_stages": False,
-                                  "rate_targets": [0.05, 0.5]}
+                                  "rate_targets": [0.05, 0.5], "continue_parts": ["g_s", "out", "context"]}
 
 # The anchored prediction (x̂0 anchored on z_c; networks/control.py) in miniature.
 TINY_ANCHORED = copy.deepcopy(TINY_HYPERPRIOR)

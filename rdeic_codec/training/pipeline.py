@@ -74,7 +74,8 @@ def run(train_dir: str, valid_dir: str, work: str, output: str | None, profile: 
         start_config = read_config(start_from)
         config = {k: v for k, v in start_config.items() if k not in ("model_id", "name", "training")}
         # `--steps compression=N` past the model's count continues the model's own module instead (its
-        # config and weights, context included; its control module stays): see continues_compression.
+        # config and weights, context included; its control module stays; the profile's continue_parts
+        # say what trains): see continues_compression.
         if "compression" in stages and not continues_compression(start_config, stages, asked):
             # A new compression module on the model's autoencoder and denoiser: the profile's design, and
             # the stages that train it (and the control module it guides) start afresh.
@@ -146,8 +147,11 @@ def run(train_dir: str, valid_dir: str, work: str, output: str | None, profile: 
                 load_checkpoint(os.path.join(work, previous), carried)
             if stage in ("compression", "stage1"):
                 lr = config["compression"].get("learning_rate", 1e-4) if stage == "compression" else 1e-4
+                parts = None
+                if stage == "compression" and start_from and continues_compression(start_config, stages, asked):
+                    parts = recipe["compression"].get("continue_parts")  # the profile's, as for a new context
                 train_stage1(model, train_cache, valid_cache, folder, steps[stage], seed=seed, lr=lr,
-                             diffusion=stage == "stage1", valid_dir=valid_dir)
+                             diffusion=stage == "stage1", valid_dir=valid_dir, parts=parts)
             else:
                 train_finetune(model, train_dir, valid_dir, folder, steps[stage], seed=seed)
             _mark_done(work, stage)
@@ -199,8 +203,8 @@ def run(train_dir: str, valid_dir: str, work: str, output: str | None, profile: 
 def continues_compression(start_config: dict, stages, asked: dict) -> bool:
     """Whether ``rdeic train --from M --stages compression`` goes on training M's own compression module
     (``--steps compression=N`` above the iterations M's config records) instead of a new one of the
-    profile's design. How a context put on a finished module (the ``context`` stage) is trained jointly
-    with g_a, h_s and g_s afterwards, at the tail of the compression stage's schedule."""
+    profile's design: how g_s learns a context put on a finished module (the ``context`` stage), at the
+    tail of the compression stage's schedule. The profile's ``continue_parts`` names what it trains."""
     ran = start_config.get("training", {}).get("steps", {}).get("compression")
     return "compression" in stages and ran is not None and asked.get("compression", 0) > ran
 

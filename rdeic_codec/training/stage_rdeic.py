@@ -165,10 +165,12 @@ def stage1_loss(model, feature, z, lam, t, ab, relay_start: int, generator):
 
 def train_stage1(model, cache_path: str, valid_cache: str, work_dir: str, steps: int, batch: int = 8,
                  crop: int = 32, lr: float = 1e-4, seed: int = 0, save_every: int = 300,
-                 diffusion: bool = True, valid_dir: str | None = None):
+                 diffusion: bool = True, valid_dir: str | None = None, parts: list[str] | None = None):
     """Train (or resume) stage 1 on a model whose VAE and UNet are already trained; updates ``model``.
 
-    With ``diffusion=False`` this is the "compression" pretraining stage (no UNet, no control).
+    With ``diffusion=False`` this is the "compression" pretraining stage (no UNet, no control); ``parts``
+    then names the compression module's submodules it trains (e.g. ``["g_s", "out", "context"]``, the
+    profile's ``continue_parts`` for a continued stage), the rest frozen; None trains all of it.
     With ``valid_dir``, validation also range-codes a few of its images (see :mod:`.file_rate`).
     """
     torch.manual_seed(seed)
@@ -176,7 +178,12 @@ def train_stage1(model, cache_path: str, valid_cache: str, work_dir: str, steps:
         p.requires_grad_(False)
     trained = {"compression": model.compression}
     params = None
-    if not diffusion and hasattr(model.compression, "param_groups"):
+    if not diffusion and parts:
+        model.compression.requires_grad_(False)
+        params = [p for name in parts for p in getattr(model.compression, name).parameters()]
+        for p in params:
+            p.requires_grad_(True)
+    elif not diffusion and hasattr(model.compression, "param_groups"):
         params = model.compression.param_groups()
     if diffusion:
         trained["control"] = model.control
