@@ -248,6 +248,15 @@ def test_rate_calibration_maps_the_lambda_range_onto_the_target_rates(tmp_path):
     model = load_model(make_golden_model(str(tmp_path / "m2")))
     calibrate_rates(model, photos, low_bpp=before[0] / 3, high_bpp=high, points=9, log=lambda m: None)
     assert measure_rates(model, photos, np.array([lo]))[0] == pytest.approx(before[0], rel=1e-6)
+    # With a reach, the high end goes past the trained λ (the gains extrapolated) to a rate the trained range
+    # does not make; the low end, reachable inside it, lands where it did without.
+    model = load_model(make_golden_model(str(tmp_path / "m3")))
+    beyond = before[2] * 1.1
+    report = calibrate_rates(model, photos, low_bpp=low, high_bpp=beyond, points=9, reach=2.0, log=lambda m: None)
+    assert report["old_lambda_range"][1] > hi and report["reach"] == 2.0
+    after = measure_rates(model, photos, np.array([lo, 1.0, hi]))
+    assert after[0] == pytest.approx(low, rel=0.15) and after[2] == pytest.approx(beyond, rel=0.05)
+    assert after[0] < after[1] < after[2]
 
 
 @torch.no_grad()

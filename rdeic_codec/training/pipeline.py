@@ -189,7 +189,8 @@ def run(train_dir: str, valid_dir: str, work: str, output: str | None, profile: 
             from .rate_calibration import calibrate_rates, calibration_photos
 
             extra["rate_calibration"] = calibrate_rates(model, calibration_photos(train_dir), *targets,
-                                                        previous=previous, log=log)
+                                                        previous=previous, log=log,
+                                                        reach=recipe["compression"].get("rate_reach", 1.0))
         done = [s for s in STAGES if _done(work, s)]
         if start_from:  # the seeded stages' weights came from this model (its card has their history)
             extra["from_model"] = start_config["model_id"]

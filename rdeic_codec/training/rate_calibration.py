@@ -8,6 +8,8 @@ point, so the range can be narrowed after training without touching any network:
 measured over a sweep of λ on a set of photos, the λ whose mean file rate meets each end's target is
 found, and the gain table is resampled so that the model's λ range maps onto that span (linearly in
 log λ). Only the gain vectors change; a target outside what the model reaches leaves that end as it is.
+A profile may let the sweep reach a little past the trained λ (``rate_reach``, the table's end segments
+extrapolated), where a cheaper entropy model leaves the highest trained λ short of the high target.
 The low end matters as much as the high one: a run whose lowest λ makes 0.012 bpp files (run A′,
 docs/training.md) spends a fifth of the λ range below any rate worth using.
 
@@ -75,10 +77,11 @@ def _resample(comp, log_lo: float, log_hi: float) -> None:
 
 @torch.no_grad()
 def calibrate_rates(model, images: list[np.ndarray], low_bpp: float, high_bpp: float, points: int = 13,
-                    previous: dict | None = None, log=print) -> dict:
+                    previous: dict | None = None, reach: float = 1.0, log=print) -> dict:
     """Resample the model's λ gains so that its lowest λ gives ``low_bpp`` and its highest ``high_bpp``
-    (mean file rate over ``images``). An end whose target the trained range does not reach stays at the
-    trained end: the range stays inside the rates the gains were trained for.
+    (mean file rate over ``images``). The sweep covers the trained λ range widened by ``reach`` at each
+    end (the table's end segments extrapolated in log λ); an end whose target that does not reach stays
+    at the sweep's end on the target's side (with ``reach`` 1, the trained end).
 
     Args:
         model: a model whose compression module has λ gains.
@@ -88,6 +91,10 @@ def calibrate_rates(model, images: list[np.ndarray], low_bpp: float, high_bpp: f
         points: λ values in the sweep, log-spaced over the model's range.
         previous: the model's earlier calibration (its ``old_lambda_range``), if its gains were resampled
             before: the sweep covers the whole trained range, the table's end segments extrapolated.
+        reach: how far past the trained λ the gains may be extrapolated, as a factor on λ (the profile's
+            ``rate_reach``). Why: a context that makes the same y cheaper moves λ = 2's rate below the
+            high target, and the gains a little past the trained end still code well (docs/training.md,
+            session 20: 25% past it, +0.20 dB over the shipped model at the same bytes).
 
     Returns:
         what was measured and done: the sweep, the λ chosen for each end (as trained λ), the rates after.
@@ -106,18 +113,20 @@ def calibrate_rates(model, images: list[np.ndarray], low_bpp: float, high_bpp: f
         return math.log(lo) + (math.log(v) - p_lo) / (p_hi - p_lo) * (math.log(hi) - math.log(lo))
 
     table = comp.log_gain.clone(), comp.log_inv_gain.clone()
-    if widened:
-        # For the sweep only, a view of the whole trained range; the result is resampled from the table as
-        # it was, once, so that its gains inside the earlier range stay what they were.
-        _resample(comp, position(lo), position(hi))
-        log(f"rate calibration: the table (trained λ {widened[0]:.4g} … {widened[1]:.4g}) widened back to "
-            f"{lo:g} … {hi:g} for the sweep")
-    sweep = np.exp(np.linspace(math.log(lo), math.log(hi), points))
-    rates = measure_rates(model, images, sweep)
-    new_lo = lambda_at_rate(sweep, rates, low_bpp) or lo
-    new_hi = lambda_at_rate(sweep, rates, high_bpp) or hi
-    log(f"rate calibration on {len(images)} photos: λ {lo:g} … {hi:g} gave {rates[0]:.4f} … {rates[-1]:.4f} bpp; "
-        f"the range now spans the old λ {new_lo:.4g} … {new_hi:.4g}")
+    s_lo, s_hi = lo / reach, hi * reach  # the sweep's ends, as trained λ
+    if widened or reach != 1.0:
+        # For the sweep only, a view of the trained range (times the reach); the result is resampled from
+        # the table as it was, once, so that its gains inside the earlier range stay what they were.
+        _resample(comp, position(s_lo), position(s_hi))
+        log(f"rate calibration: the table (trained λ {math.exp(p_lo):.4g} … {math.exp(p_hi):.4g}) viewed as "
+            f"trained λ {s_lo:.4g} … {s_hi:.4g} for the sweep")
+    trained = np.exp(np.linspace(math.log(s_lo), math.log(s_hi), points))  # what the sweep's points are
+    rates = measure_rates(model, images, np.exp(np.linspace(math.log(lo), math.log(hi), points)))
+    top = float(np.max(rates))
+    new_lo = lambda_at_rate(trained, rates, low_bpp) or (s_lo if low_bpp < rates[0] else lo)
+    new_hi = lambda_at_rate(trained, rates, high_bpp) or (s_hi if high_bpp > top else hi)
+    log(f"rate calibration on {len(images)} photos: trained λ {s_lo:.4g} … {s_hi:.4g} gave {rates[0]:.4f} … "
+        f"{rates[-1]:.4f} bpp; the range now spans the trained λ {new_lo:.4g} … {new_hi:.4g}")
     comp.log_gain.copy_(table[0])
     comp.log_inv_gain.copy_(table[1])
     if (math.log(new_lo), math.log(new_hi)) != (p_lo, p_hi):
@@ -125,9 +134,10 @@ def calibrate_rates(model, images: list[np.ndarray], low_bpp: float, high_bpp: f
     model._entropy_path = None
     after = measure_rates(model, images, np.array([lo, hi]))
     log(f"rate calibration: λ {lo:g} → {after[0]:.4f} bpp, λ {hi:g} → {after[1]:.4f} bpp")
-    return {"photos": len(images), "sweep_lambda": [float(v) for v in sweep], "sweep_bpp": [float(v) for v in rates],
+    return {"photos": len(images), "sweep_lambda": [float(v) for v in trained], "sweep_bpp": [float(v) for v in rates],
             "old_lambda_range": [float(new_lo), float(new_hi)], "bpp_after": [float(v) for v in after],
-            "targets_bpp": [low_bpp, high_bpp], **({"widened_from": widened} if widened else {})}
+            "targets_bpp": [low_bpp, high_bpp], **({"widened_from": widened} if widened else {}),
+            **({"reach": reach} if reach != 1.0 else {})}
 
 
 def calibration_photos(folder: str, count: int = 24, max_side: int = 768) -> list[np.ndarray]:
