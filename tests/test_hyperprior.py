@@ -208,7 +208,8 @@ def test_a_new_compression_module_goes_on_a_finished_model(tmp_path):
                  profile="tiny-hyperprior", stages=("compression",), steps={"compression": 4},
                  start_from=str(out), log=lambda m: None)
     c = load_model(str(on))
-    assert c.config["training"]["steps"]["compression"] == 4 and c.config["training"]["from_model"] == b.config["model_id"]
+    assert c.config["training"]["steps"]["compression"] == 4
+    assert c.config["training"]["from_model"] == b.config["model_id"]
     continued = HyperpriorModule(b.config["compression"])
     assert load_checkpoint(str(tmp_path / "work-on" / "compression"), {"compression": continued})["step"] == 4
     moved = 0.0

@@ -80,7 +80,7 @@ def calibrate_rates(model, images: list[np.ndarray], low_bpp: float, high_bpp: f
                     previous: dict | None = None, reach: float = 1.0, log=print) -> dict:
     """Resample the model's λ gains so that its lowest λ gives ``low_bpp`` and its highest ``high_bpp``
     (mean file rate over ``images``). The sweep covers the trained λ range widened by ``reach`` at each
-    end (the table's end segments extrapolated in log λ); an end whose target that does not reach stays
+    end (the table's end segments extrapolated in log λ); an end whose target the sweep does not reach stays
     at the sweep's end on the target's side (with ``reach`` 1, the trained end).
 
     Args:
