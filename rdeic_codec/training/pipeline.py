@@ -65,6 +65,7 @@ def run(train_dir: str, valid_dir: str, work: str, output: str | None, profile: 
              "context": 3000, "decoder_zc": 3000,
              **recipe.pop("stage_steps", {}), **(steps or {})}
     rt = runtime(device)
+    continuing = False  # continues a --from model's compression module (set below)
     if not rt.is_main:
         log = _quiet
     if start_from:
@@ -76,7 +77,8 @@ def run(train_dir: str, valid_dir: str, work: str, output: str | None, profile: 
         # `--steps compression=N` past the model's count continues the model's own module instead (its
         # config and weights, context included; its control module stays; the profile's continue_parts
         # say what trains): see continues_compression.
-        if "compression" in stages and not continues_compression(start_config, stages, asked):
+        continuing = continues_compression(start_config, stages, asked)
+        if "compression" in stages and not continuing:
             # A new compression module on the model's autoencoder and denoiser: the profile's design, and
             # the stages that train it (and the control module it guides) start afresh.
             config["compression"] = recipe["compression"]
@@ -90,9 +92,7 @@ def run(train_dir: str, valid_dir: str, work: str, output: str | None, profile: 
     if start_from and rt.is_main:
         from .from_model import seed_work_from_model
 
-        fresh = ()
-        if "compression" in stages and not continues_compression(start_config, stages, asked):
-            fresh = ("compression", "stage1", "finetune")
+        fresh = ("compression", "stage1", "finetune") if "compression" in stages and not continuing else ()
         seed_work_from_model(start_from, work, log=log, skip=fresh,
                              extend={s: n for s, n in asked.items() if s in stages})
     rt.barrier()
@@ -147,9 +147,8 @@ def run(train_dir: str, valid_dir: str, work: str, output: str | None, profile: 
                 load_checkpoint(os.path.join(work, previous), carried)
             if stage in ("compression", "stage1"):
                 lr = config["compression"].get("learning_rate", 1e-4) if stage == "compression" else 1e-4
-                parts = None
-                if stage == "compression" and start_from and continues_compression(start_config, stages, asked):
-                    parts = recipe["compression"].get("continue_parts")  # the profile's, as for a new context
+                # A continued module trains the profile's parts (as a new context takes the profile's settings).
+                parts = recipe["compression"].get("continue_parts") if stage == "compression" and continuing else None
                 train_stage1(model, train_cache, valid_cache, folder, steps[stage], seed=seed, lr=lr,
                              diffusion=stage == "stage1", valid_dir=valid_dir, parts=parts)
             else:
