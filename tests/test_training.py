@@ -395,6 +395,61 @@ def test_stage_2_with_the_adversarial_term_checkpoints_its_critic(folders, tmp_p
     load_model(str(dest))
 
 
+def test_the_feature_distance_is_zero_for_the_photo_and_grows_with_blur_and_reaches_only_the_image():
+    import torch.nn.functional as F
+
+    from rdeic_codec import profiles
+    from rdeic_codec.networks.autoencoder import build_vae
+    from rdeic_codec.training.losses import feature_distance
+
+    torch.manual_seed(0)
+    vae = build_vae(profiles.PROFILES["tiny-shuffle"]["vae"]).eval()
+    vae.requires_grad_(False)
+    photo = torch.from_numpy(np.stack([smooth_image(64, 64, seed=s) for s in range(2)])).permute(0, 3, 1, 2)
+    texture = torch.sin(torch.arange(64.0) * 2.1).view(1, 1, 1, 64) * torch.cos(torch.arange(64.0) * 1.3).view(1, 1, 64, 1)
+    photo = (photo.float() / 127.5 - 1) * 0.7 + 0.3 * texture  # fine detail for the blur to take away
+    slight = 0.8 * photo + 0.2 * F.avg_pool2d(photo, 3, 1, 1)
+    strong = F.interpolate(F.avg_pool2d(photo, 8), scale_factor=8, mode="bilinear")
+    assert torch.allclose(feature_distance(vae, photo, photo), torch.zeros(2), atol=1e-6)
+    d_slight, d_strong = feature_distance(vae, slight, photo), feature_distance(vae, strong, photo)
+    assert d_slight.shape == (2,) and (d_slight > 0).all() and (d_strong > d_slight).all()
+    image = strong.clone().requires_grad_(True)
+    feature_distance(vae, image, photo).sum().backward()
+    assert image.grad.abs().sum() > 0
+
+
+def test_stage_2_from_a_model_takes_the_profiles_feature_weight(folders, tmp_path, monkeypatch):
+    """Stage 2's loss settings are the profile's, also when it continues a --from model, and its
+    feature term joins the loss."""
+    import json
+
+    from rdeic_codec import profiles
+    from rdeic_codec.training import stage_finetune
+
+    work, first = tmp_path / "work", tmp_path / "first"
+    steps = {name: 1 for name in pipeline.STAGES}
+    pipeline.run(str(folders / "train"), str(folders / "valid"), str(work), str(first), profile="tiny-anchored",
+                 steps=steps, log=lambda m: None)
+    weights = []
+    real_loss = stage_finetune.finetune_loss
+
+    def spy(*args, **kwargs):
+        loss, logs = real_loss(*args, **kwargs)
+        weights.append((args[6] if len(args) > 6 else kwargs.get("feature_weight", 0.0), "feature" in logs))
+        return loss, logs
+
+    monkeypatch.setattr(stage_finetune, "finetune_loss", spy)
+    anchored = dict(profiles.PROFILES["tiny-anchored"], finetune={"feature_weight": 0.5})
+    monkeypatch.setitem(profiles.PROFILES, "tiny-anchored", anchored)
+    second = tmp_path / "second"
+    pipeline.run(str(folders / "train"), str(folders / "valid"), str(tmp_path / "work2"), str(second),
+                 profile="tiny-anchored", start_from=str(first), stages=("finetune",), steps={"finetune": 2},
+                 log=lambda m: None)
+    assert (0.5, True) in weights
+    with open(second / "config.json") as f:
+        assert json.load(f)["finetune"] == {"feature_weight": 0.5}
+
+
 def test_the_critic_cannot_be_won_by_colour():
     """It judges luma: a colour change that keeps the luma leaves its logits as they are (with RGB, the
     relay steps learned to saturate colours; docs/training.md, session 11)."""

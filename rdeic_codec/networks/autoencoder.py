@@ -136,6 +136,30 @@ def encoder_feature(vae, image: torch.Tensor) -> torch.Tensor:
     return enc.conv_act(enc.conv_norm_out(h))
 
 
+def encoder_feature_maps(vae, image: torch.Tensor) -> list[torch.Tensor]:
+    """The encoder's activations at each resolution it works at, finest first: for the shuffle
+    autoencoder, after the residual blocks at 1/4 and the feature at 1/8; for the KL one, after each
+    down block. Stage 2's feature distance (:func:`..training.losses.feature_distance`) compares them.
+
+    Args:
+        vae: an autoencoder from :func:`build_vae`.
+        image: (B, 3, H, W) in [-1, 1], H and W multiples of 8.
+    """
+    maps = []
+    if isinstance(vae, ShuffleAutoencoder):
+        h = image
+        for layer in vae.encoder:
+            if isinstance(layer, nn.Conv2d) and layer.stride == (2, 2):
+                maps.append(h)  # the last activation at 1/4, before the encoder steps down
+            h = layer(h)
+        return maps + [h]
+    h = vae.encoder.conv_in(image)
+    for block in vae.encoder.down_blocks:
+        h = block(h)
+        maps.append(h)
+    return maps
+
+
 def latent_moments(vae, feature: torch.Tensor):
     """(mean, logvar) of the KL autoencoder's posterior, unscaled; (latent, None) for the shuffle one."""
     if isinstance(vae, ShuffleAutoencoder):

@@ -71,3 +71,26 @@ def _ms_ssim_loss(a: torch.Tensor, b: torch.Tensor, levels: int) -> torch.Tensor
             a, b = F.avg_pool2d(a, 2), F.avg_pool2d(b, 2)
     stacked = torch.stack(values, dim=1)
     return 1 - torch.prod(stacked ** weights, dim=1)
+
+
+def feature_distance(vae, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """Distance between two images in the autoencoder encoder's activations, per image.
+
+    LPIPS's form (Zhang et al., CVPR 2018) without its learned weights, for which no backbone exists
+    offline: each activation map (:func:`..networks.autoencoder.encoder_feature_maps`) is normalised to
+    unit length over its channels at every position, and the squared differences are summed over
+    channels and averaged over positions and maps. The encoder was trained to keep what the decoder
+    needs to rebuild texture, so a blur that MSE forgives is far from the photo here. ``b`` is the
+    reference and gets no gradient.
+    """
+    from ..networks.autoencoder import encoder_feature_maps
+
+    with torch.no_grad():
+        ref = encoder_feature_maps(vae, b)
+    total = 0.0
+    for fa, fb in zip(encoder_feature_maps(vae, a), ref):
+        fa, fb = fa.float(), fb.float()
+        na = fa / (fa.pow(2).sum(1, keepdim=True).sqrt() + 1e-6)
+        nb = fb / (fb.pow(2).sum(1, keepdim=True).sqrt() + 1e-6)
+        total = total + (na - nb).pow(2).sum(1).flatten(1).mean(1)
+    return total / len(ref)

@@ -86,6 +86,9 @@ def run(train_dir: str, valid_dir: str, work: str, output: str | None, profile: 
             # A new context on the model's module (the context's pre-hook loads weights without it as a
             # context that changes nothing): the profile's context settings.
             config["compression"].update({k: v for k, v in recipe["compression"].items() if k.startswith("context")})
+        if "finetune" in stages and "finetune" in recipe:
+            # Stage 2's loss settings are training settings: the profile's, not the start model's.
+            config["finetune"] = {**config.get("finetune", {}), **recipe["finetune"]}
     else:
         config = recipe
     os.makedirs(work, exist_ok=True)

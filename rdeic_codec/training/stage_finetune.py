@@ -7,7 +7,9 @@ VAE decoder and compare pixels:
 
 The authors use LPIPS where we use 1 − MS-SSIM (no LPIPS backbone exists offline). Each batch draws
 its step count from {2, 5}, so one model serves both (the authors fine-tune one model per count).
-A profile's ``finetune.adversarial_weight`` > 0 adds HiFiC's adversarial term (:mod:`.adversarial`).
+A profile's ``finetune.adversarial_weight`` > 0 adds HiFiC's adversarial term (:mod:`.adversarial`), and
+``finetune.feature_weight`` > 0 adds λ·w·(the autoencoder encoder's feature distance,
+:func:`.losses.feature_distance`), a stand-in for LPIPS.
 """
 
 from __future__ import annotations
@@ -20,17 +22,18 @@ from ..sampler import relay_sample
 from .data import ImageFolderCrops
 from .file_rate import file_bpp, validation_images
 from .loop import Trainer
-from .losses import ms_ssim_loss
+from .losses import feature_distance, ms_ssim_loss
 from .stage_rdeic import (compression_is_frozen, compression_source, diffusion_stage_weight, sample_lambdas,
                           zc_distortion)
 
 PERCEPTUAL_WEIGHT = 0.5
 
 
-def finetune_loss(model, x: torch.Tensor, lam: torch.Tensor, steps: int, generator, adversarial=None):
+def finetune_loss(model, x: torch.Tensor, lam: torch.Tensor, steps: int, generator, adversarial=None,
+                  feature_weight: float = 0.0):
     """One stage-2 loss evaluation; returns (loss, logs). With ``adversarial`` (an
     :class:`.adversarial.AdversarialTerm`), its critic takes a step on this batch first, and its
-    generator term joins the loss."""
+    generator term joins the loss; ``feature_weight`` > 0 adds the weighted feature distance."""
     with torch.no_grad():
         feat = encoder_feature(model.vae, x)
         z = latent_from_feature(model.vae, feat)
@@ -51,6 +54,10 @@ def finetune_loss(model, x: torch.Tensor, lam: torch.Tensor, steps: int, generat
     lam = diffusion_stage_weight(model, lam)
     loss = (lam * (mse + PERCEPTUAL_WEIGHT * perceptual + dist_zc)).mean() + bpp.mean() + out["vq_loss"]
     logs = {"bpp": bpp.mean().item(), "mse": mse.mean().item(), "msssim": 1 - perceptual.mean().item()}
+    if feature_weight > 0:
+        feature = feature_distance(model.vae, rec, x)
+        loss = loss + feature_weight * (lam * feature).mean()
+        logs["feature"] = feature.mean().item()
     if adversarial is not None:
         logs["d_loss"] = adversarial.update(x, rec, out["z_c"])
         g_loss = adversarial.generator_loss(rec, out["z_c"])
@@ -71,7 +78,9 @@ def train_finetune(model, train_dir: str, valid_dir: str, work_dir: str, steps: 
         model.compression.requires_grad_(False)
         params = list(model.control.parameters())
     trained = {"compression": model.compression, "control": model.control}
-    weight = model.config.get("finetune", {}).get("adversarial_weight", 0.0)
+    settings = model.config.get("finetune", {})
+    weight = settings.get("adversarial_weight", 0.0)
+    feature_weight = settings.get("feature_weight", 0.0)
     adversarial = None
     if weight > 0:
         from .adversarial import AdversarialTerm
@@ -104,5 +113,5 @@ def train_finetune(model, train_dir: str, valid_dir: str, work_dir: str, steps: 
 
     model.unet.eval()
     model.vae.eval()
-    trainer.run(lambda x, lam, n: finetune_loss(model, x, lam, n, gen, adversarial), draw, validate)
+    trainer.run(lambda x, lam, n: finetune_loss(model, x, lam, n, gen, adversarial, feature_weight), draw, validate)
     return model
