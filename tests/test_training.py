@@ -395,7 +395,7 @@ def test_stage_2_with_the_adversarial_term_checkpoints_its_critic(folders, tmp_p
     load_model(str(dest))
 
 
-def test_the_feature_distance_is_zero_for_the_photo_and_grows_with_blur_and_reaches_only_the_image():
+def test_the_feature_distance_is_zero_for_the_photo_grows_with_blur_and_reaches_the_image():
     import torch.nn.functional as F
 
     from rdeic_codec import profiles

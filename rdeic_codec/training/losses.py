@@ -79,9 +79,9 @@ def feature_distance(vae, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     LPIPS's form (Zhang et al., CVPR 2018) without its learned weights, for which no backbone exists
     offline: each activation map (:func:`..networks.autoencoder.encoder_feature_maps`) is normalised to
     unit length over its channels at every position, and the squared differences are summed over
-    channels and averaged over positions and maps. The encoder was trained to keep what the decoder
-    needs to rebuild texture, so a blur that MSE forgives is far from the photo here. ``b`` is the
-    reference and gets no gradient.
+    channels and averaged over positions and maps. ``b`` is the reference and gets no gradient. With
+    this project's small autoencoder it acted as one more fidelity term, not a realism signal
+    (docs/training.md, session 21), so the profiles leave it off.
     """
     from ..networks.autoencoder import encoder_feature_maps
 
