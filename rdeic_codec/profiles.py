@@ -195,10 +195,11 @@ HYPERPRIOR_COMPRESSION = {
     # it with the module, the "context" stage on a finished one): y coded in four channel slices, each in
     # two checkerboard passes, its parameters predicted from the slices before it and its decoded anchors
     # as well as from h_s. On the shipped module's y (context stage, 3,000 iterations) it coded the same ŷ
-    # in 4–14% fewer bits than the shipped checkerboard context, at the same CPU cost; on whole photos that
-    # gave +0.20 / +0.12 dB at 0.056 / 0.095 bpp and −0.04 at 0.023 (docs/training.md, session 19), so the
-    # shipped model keeps its checkerboard context. Every slice's 1×1 layers are 192 wide (4 per channel,
-    # which made the costliest first slices the narrowest, saved 2–5 points less).
+    # in 4–14% fewer bits than the checkerboard context, at the same CPU cost (docs/training.md, session 19);
+    # with g_s trained on around it (continue_parts below) it is the shipped model's (15d299c7, session 21).
+    # Every slice's 1×1 layers are 192 wide (4 per channel, which made the costliest first slices the
+    # narrowest, saved 2–5 points less). Trained jointly from scratch with the rest of the module and λ 0.1 …
+    # 2 (session 21's scratch18), the module's rates rose: λ = 0.1 gave 0.040 bpp, out of the range's reach.
     "context": "space-channel",
     "context_slices": [16, 16, 32, 32],
     "context_hidden": 192,
