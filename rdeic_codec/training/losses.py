@@ -87,10 +87,11 @@ def feature_distance(vae, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
 
     with torch.no_grad():
         ref = encoder_feature_maps(vae, b)
+    def unit(f):  # unit length over channels at every position
+        f = f.float()
+        return f / (f.pow(2).sum(1, keepdim=True).sqrt() + 1e-6)
+
     total = 0.0
     for fa, fb in zip(encoder_feature_maps(vae, a), ref):
-        fa, fb = fa.float(), fb.float()
-        na = fa / (fa.pow(2).sum(1, keepdim=True).sqrt() + 1e-6)
-        nb = fb / (fb.pow(2).sum(1, keepdim=True).sqrt() + 1e-6)
-        total = total + (na - nb).pow(2).sum(1).flatten(1).mean(1)
+        total = total + (unit(fa) - unit(fb)).pow(2).sum(1).flatten(1).mean(1)
     return total / len(ref)
