@@ -241,7 +241,8 @@ HYPERPRIOR_COMPRESSION = {
     # trained for the rate alone; g_a, h_a, h_s and the gains stay, so y and the rates stay too. On from
     # r19sc6 (1,000 iterations, 24 CPU-min): at the same bytes as the shipped model +0.09 / +0.43 / +0.31 dB
     # at 0.023 / 0.055 / 0.093 bpp on the 66 validation photos; the whole module on (r20cont) raised every
-    # rate, λ = 0.1 to 0.037 bpp, and lost 1 dB there (docs/training.md, session 20).
+    # rate, λ = 0.1 to 0.037 bpp, and lost 1 dB there (docs/training.md, session 20). Names are the
+    # module's submodules, and "gains" for the per-λ gains on y (training.stage_rdeic.part_parameters).
     "continue_parts": ["g_s", "out", "context"],
     # Training only: the compression stage's peak learning rate (the probes' 3e-4).
     "learning_rate": 3e-4,

@@ -163,6 +163,15 @@ def stage1_loss(model, feature, z, lam, t, ab, relay_start: int, generator):
     return loss, {"bpp": bpp.mean().item(), "mse_x0": mse_x0.mean().item(), **logs}
 
 
+def part_parameters(compression, name: str) -> list:
+    """The parameters a ``continue_parts`` name stands for: a submodule's (``"g_a"``, ``"context"``, ...),
+    or ``"gains"`` for the per-λ gains on y, which are parameters of the module itself; naming them apart
+    from g_a tells which of the two a continuation should train."""
+    if name == "gains":
+        return [compression.log_gain, compression.log_inv_gain]
+    return list(getattr(compression, name).parameters())
+
+
 def train_stage1(model, cache_path: str, valid_cache: str, work_dir: str, steps: int, batch: int = 8,
                  crop: int = 32, lr: float = 1e-4, seed: int = 0, save_every: int = 300,
                  diffusion: bool = True, valid_dir: str | None = None, parts: list[str] | None = None):
@@ -180,7 +189,7 @@ def train_stage1(model, cache_path: str, valid_cache: str, work_dir: str, steps:
     params = None
     if not diffusion and parts:
         model.compression.requires_grad_(False)
-        params = [p for name in parts for p in getattr(model.compression, name).parameters()]
+        params = [p for name in parts for p in part_parameters(model.compression, name)]
         for p in params:
             p.requires_grad_(True)
     elif not diffusion and hasattr(model.compression, "param_groups"):
