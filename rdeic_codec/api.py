@@ -59,7 +59,7 @@ class Codec:
         return self.model.compression.lambda_range
 
     def encode(self, image, lam: float | None = None, *, size: int | None = None,
-               bpp: float | None = None) -> bytes:
+               bpp: float | None = None, refine: int = 0) -> bytes:
         """Compress an image to ``.rdc`` bytes.
 
         Args:
@@ -69,14 +69,19 @@ class Codec:
             lam: rate parameter λ (default 0.25); or give instead
             size: the largest file not over this many bytes, or
             bpp: the largest file not over this many bits per pixel.
+            refine: encoder refinement steps, as ``rdeic encode --refine`` (25 is a good start).
         """
-        return self.encode_result(image, lam, size=size, bpp=bpp).data
+        return self.encode_result(image, lam, size=size, bpp=bpp, refine=refine).data
 
     def encode_result(self, image, lam: float | None = None, *, size: int | None = None,
-                      bpp: float | None = None) -> _codec.EncodeResult:
+                      bpp: float | None = None, refine: int = 0) -> _codec.EncodeResult:
         """As :meth:`encode`, with the λ used, the size and ``bpp`` (an :class:`~rdeic_codec.codec.EncodeResult`)."""
         pixels = self._pixels(image)
-        return encode_at_rate(self.model, pixels, lam, size, bpp)[0]
+        if refine:
+            from .refine import check_refinable
+
+            check_refinable(self.model)
+        return encode_at_rate(self.model, pixels, lam, size, bpp, refine=refine)[0]
 
     def decode(self, data, steps: int = 5, detail: float = 1.0) -> np.ndarray:
         """Decompress ``.rdc`` bytes (or a path to a file) to an (H, W, 3) uint8 RGB array.

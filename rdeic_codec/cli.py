@@ -203,7 +203,8 @@ def _size_option(ctx, param, value):
 @click.option("--refine", type=click.IntRange(0, 1000), default=0, show_default=True, metavar="N",
               help="Refine the latent for this image in N gradient steps before coding (with --lambda): "
                    "a more faithful picture at about the same size, decoded as any other file; encoding "
-                   "takes about N decoder passes longer. 25 is a good start.")
+                   "takes about N decoder passes longer. 25 is a good start. With --size or --bpp the "
+                   "refined file is kept within the target (up to three refinements).")
 @model_option
 @device_option
 @threads_option
@@ -220,6 +221,7 @@ def encode(paths, out_dir, lam, size, bpp, refine, model_dir, device, threads, q
       rdeic encode in.png out.rdc --size 2k        # the largest file not over 2000 bytes
       rdeic encode *.png -o out/ --bpp 0.05        # out/NAME.rdc for each; the model loads once
       rdeic encode in.png out.rdc --lambda 0.5 --refine 25   # slower encode, better file
+      rdeic encode in.png out.rdc --size 2k --refine 25
 
     Alpha is not coded: transparent pixels are composited over white.
     """
@@ -227,9 +229,6 @@ def encode(paths, out_dir, lam, size, bpp, refine, model_dir, device, threads, q
 
     if sum(v is not None for v in (lam, size, bpp)) > 1:
         fail("give one of --lambda, --size and --bpp", EXIT_USAGE)
-    if refine and (size is not None or bpp is not None):
-        # A refined file's size is known only after refining, so a size search would refine every probe.
-        fail("--refine works with --lambda, not with --size or --bpp", EXIT_USAGE)
     inputs, output = _inputs_and_output(paths, out_dir, ".rdc")
 
     def encode_one(model, input_path, output, warn, progress=None):
@@ -250,24 +249,25 @@ def encode(paths, out_dir, lam, size, bpp, refine, model_dir, device, threads, q
             from .refine import check_refinable
 
             check_refinable(model)
-        # The pixels go once the λ-independent half has run: 3 bytes a pixel less during entropy coding.
+        # The pixels go once the λ-independent half has run (3 bytes a pixel less during entropy coding),
+        # unless refinement measures against them.
         analysis = codec.analyse_image(model, image.pixels)
-        if refine:
-            from .target import DEFAULT_LAMBDA
-
-            analysis = codec.refine_analysis(model, image.pixels, analysis, DEFAULT_LAMBDA if lam is None else lam,
-                                             refine, progress=progress)
+        pixels = image.pixels if refine else None
         del image
-        result, search = encode_at_rate(model, analysis, lam, size, bpp)
+        result, search = encode_at_rate(model, analysis, lam, size, bpp, refine=refine, pixels=pixels,
+                                        progress=progress)
         seconds = time.perf_counter() - t0
         write_output(output, result.data)
         line = (f"{output}: {result.width}x{result.height}, lambda {result.lam:g}, {len(result.data)} bytes, "
                 f"{result.bpp:.4f} bpp, encode {seconds:.2f} s")
-        if refine:
+        if refine and not (search is not None and search.refine_missed):
             line += f" ({refine} refinement steps)"
         if search is not None:
             n = len(search.probes)
             line += f" (target {search.target_bytes} bytes, {n} probe{'s' if n > 1 else ''})"
+            if search.refine_missed:
+                warn(f"every refined file was over the target {search.target_bytes} bytes; wrote the "
+                     f"unrefined one ({len(result.data)} bytes at lambda {result.lam:g})")
             if search.above_largest:
                 warn(f"target {search.target_bytes} bytes is above the largest file this model makes for "
                      f"this image; wrote that one ({len(result.data)} bytes at lambda {result.lam:g})")

@@ -1,5 +1,6 @@
 """Encoder refinement (`rdeic encode --refine N`): a refined file is an ordinary file, it codes the photo
-better on the loss the model was trained for, and what cannot be refined is refused in one line."""
+better on the loss the model was trained for, it keeps within a size target, and what cannot be refined
+is refused in one line."""
 
 import os
 import subprocess
@@ -98,7 +99,7 @@ def test_a_vector_quantised_model_is_refused(tiny_model):
         codec.encode(tiny_model, smooth_image(64, 64), 1.0, refine=2)
 
 
-def test_cli_refines_with_lambda_and_refuses_a_size_target(tmp_path):
+def test_cli_refines_with_lambda_and_with_a_size_target(tmp_path):
     model = make_tiny_model(str(tmp_path / "model"), profile="tiny-hyperprior")
     src = tmp_path / "in.png"
     Image.fromarray(smooth_image(64, 96)).save(src)
@@ -106,11 +107,50 @@ def test_cli_refines_with_lambda_and_refuses_a_size_target(tmp_path):
                                  "--model", model], capture_output=True)
     assert ok.returncode == 0, ok.stderr
     assert b"2 refinement steps" in ok.stderr
-    bad = subprocess.run(RDEIC + ["encode", str(src), str(tmp_path / "b.rdc"), "--bpp", "0.1", "--refine", "2",
-                                  "--model", model], capture_output=True)
-    assert bad.returncode == 2
-    assert bad.stderr.decode().strip() == "rdeic: error: --refine works with --lambda, not with --size or --bpp"
-    assert not (tmp_path / "b.rdc").exists()
+    budget = os.path.getsize(tmp_path / "a.rdc")
+    sized = subprocess.run(RDEIC + ["encode", str(src), str(tmp_path / "b.rdc"), "--size", str(budget),
+                                    "--refine", "2", "--model", model], capture_output=True)
+    assert sized.returncode == 0, sized.stderr
+    assert os.path.getsize(tmp_path / "b.rdc") <= budget
+    assert f"target {budget} bytes".encode() in sized.stderr
+    # Refined unless every refined file missed the target, and then the warning says so.
+    assert (b"2 refinement steps" in sized.stderr) != (b"every refined file was over the target" in sized.stderr)
+
+
+def test_a_size_target_keeps_the_refined_file_within_it(shipped_refined):
+    from rdeic_codec import target
+
+    model, image, plain, _ = shipped_refined
+    budget = len(plain.data)
+    result, found = target.encode_at_rate(model, image, size=budget, refine=8)
+    assert len(result.data) <= budget and not found.refine_missed
+    # The file is the refined one at the λ it was written with, which codes the photo better than the
+    # plain file at that λ on the loss refinement lowers.
+    unrefined = codec.encode(model, image, result.lam)
+    assert result.data != unrefined.data
+    assert _file_loss(model, image, result.data, result.lam) < _file_loss(model, image, unrefined.data, result.lam)
+    assert codec.decode(model, result.data, steps=0).shape == image.shape
+
+
+def test_a_size_target_falls_back_to_the_plain_file_when_refined_ones_miss(tiny_hyperprior_model, monkeypatch):
+    from rdeic_codec import target
+
+    image = smooth_image(64, 96)
+    plain_encode = codec.encode_analysis
+    tries = []
+
+    def swollen(model, analysis, lam, consume=False):  # every refined file 10 kB over what it would be
+        r = plain_encode(model, analysis, lam, consume)
+        if analysis.hyper is not None:
+            tries.append(lam)
+            r.data = r.data + bytes(10000)
+        return r
+
+    monkeypatch.setattr(codec, "encode_analysis", swollen)
+    budget = len(codec.encode(tiny_hyperprior_model, image, 1.0).data)
+    result, found = target.encode_at_rate(tiny_hyperprior_model, image, size=budget, refine=2)
+    assert found.refine_missed and len(result.data) <= budget
+    assert 1 <= len(tries) <= target.MAX_REFINES and tries == sorted(tries, reverse=True)
 
 
 def test_eval_refines_every_file_and_says_so(tmp_path, monkeypatch):
