@@ -212,6 +212,9 @@ def test_a_new_compression_module_goes_on_a_finished_model(tmp_path):
     assert c.config["training"]["from_model"] == b.config["model_id"]
     continued = HyperpriorModule(b.config["compression"])
     assert load_checkpoint(str(tmp_path / "work-on" / "compression"), {"compression": continued})["step"] == 4
+    # Its learning curve starts where the model's stage ended, for the continuation to be compared against.
+    log = open(tmp_path / "work-on" / "compression" / "valid.log").read().splitlines()
+    assert [line.split(" valid ")[0] for line in log] == ["step 2", "step 4"]
     moved = 0.0
     for k, v in b.compression.named_parameters():
         new = dict(continued.named_parameters())[k]

@@ -78,8 +78,10 @@ class Trainer:
         t0 = time.time()
         if self.rt.is_main:
             self.log(f"{self.name}: training steps in {self.precision}")
-        if self.start == 0 and self.rt.is_main:  # where the stage starts from, to compare against
-            self._validate(validate, 0, t0)
+        # Where the stage starts from, to compare against: step 0, or the step a continued model's stage
+        # starts at (``rdeic train --from M --steps stage=N``); a resumed run has that line already.
+        if self.rt.is_main and self.start < self.steps and not self._validated(self.start):
+            self._validate(validate, self.start, t0)
         for step in range(self.start, self.steps):
             set_lr(self.opt, self.lr * lr_factor(step, self.steps, warmup=self.warmup))
             self._mode(train=True)
@@ -100,6 +102,13 @@ class Trainer:
     def cpu_seconds(self) -> float:
         """CPU time (all threads of this process) this stage has cost so far, earlier runs included."""
         return self.cpu_before + time.process_time() - self.cpu_start
+
+    def _validated(self, step: int) -> bool:
+        path = os.path.join(self.work_dir, "valid.log")
+        if not os.path.exists(path):
+            return False
+        with open(path) as f:
+            return any(line.startswith(f"step {step} valid ") for line in f)
 
     def _validate(self, validate, step: int, t0: float) -> None:
         self._mode(train=False)
