@@ -196,7 +196,7 @@ HYPERPRIOR_COMPRESSION = {
     # two checkerboard passes, its parameters predicted from the slices before it and its decoded anchors
     # as well as from h_s. On the shipped module's y (context stage, 3,000 iterations) it coded the same ŷ
     # in 4–14% fewer bits than the checkerboard context, at the same CPU cost (docs/training.md, session 19);
-    # with g_s trained on around it (continue_parts below) it is the shipped model's (15d299c7, session 21).
+    # with g_s trained on around it (continue_parts below) the shipped models have it since 15d299c7 (session 21).
     # Every slice's 1×1 layers are 192 wide (4 per channel, which made the costliest first slices the
     # narrowest, saved 2–5 points less). Trained jointly from scratch with the rest of the module and λ 0.1 …
     # 2 (session 21's scratch18), every λ bought more bits: the lowest reachable rate was 0.040 bpp on the
