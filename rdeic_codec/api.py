@@ -77,10 +77,6 @@ class Codec:
                       bpp: float | None = None, refine: int = 0) -> _codec.EncodeResult:
         """As :meth:`encode`, with the λ used, the size and ``bpp`` (an :class:`~rdeic_codec.codec.EncodeResult`)."""
         pixels = self._pixels(image)
-        if refine:
-            from .refine import check_refinable
-
-            check_refinable(self.model)
         return encode_at_rate(self.model, pixels, lam, size, bpp, refine=refine)[0]
 
     def decode(self, data, steps: int = 5, detail: float = 1.0) -> np.ndarray:

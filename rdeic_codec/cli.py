@@ -201,7 +201,7 @@ def _size_option(ctx, param, value):
 @click.option("--bpp", type=float, default=None,
               help="Instead of --lambda: the largest file not over this many bits per pixel.")
 @click.option("--refine", type=click.IntRange(0, 1000), default=0, show_default=True, metavar="N",
-              help="Refine the latent for this image in N gradient steps before coding (with --lambda): "
+              help="Refine the latent for this image in N gradient steps before coding: "
                    "a more faithful picture at about the same size, decoded as any other file; encoding "
                    "takes about N decoder passes longer. 25 is a good start. With --size or --bpp the "
                    "refined file is kept within the target (up to three refinements).")

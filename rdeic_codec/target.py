@@ -239,6 +239,10 @@ def encode_at_rate(model, image: np.ndarray | codec.ImageAnalysis, lam: float | 
         codec.CodecError: more than one rate given, a bad value, or a target the model cannot reach.
     """
     budget = check_rate(model, _dimensions(image), lam, size, bpp)
+    if refine:
+        from .refine import check_refinable
+
+        check_refinable(model)
     if refine and pixels is None:
         if isinstance(image, codec.ImageAnalysis):
             raise ValueError("refinement needs the pixels the analysis was made from")

@@ -402,6 +402,21 @@ def test_the_context_stage_goes_on_a_finished_plain_model(tmp_path):
     assert codec.decode(b, codec.encode(b, image, 1.0).data, steps=2).shape == image.shape
 
 
+def test_continue_parts_name_the_gains_apart_from_g_a():
+    # A continuation may train g_a without the per-λ gains, or the gains without g_a: "gains" stands for
+    # the two gain tensors, which belong to the module itself rather than to a submodule.
+    from rdeic_codec.training.stage_rdeic import part_parameters
+
+    comp = HyperpriorModule(get_profile("tiny-hyperprior")["compression"])
+    gains = part_parameters(comp, "gains")
+    assert [p.shape for p in gains] == [comp.log_gain.shape, comp.log_inv_gain.shape]
+    assert gains[0] is comp.log_gain and gains[1] is comp.log_inv_gain
+    g_a = part_parameters(comp, "g_a")
+    assert len(g_a) == len(list(comp.g_a.parameters())) and not any(p is comp.log_gain for p in g_a)
+    with pytest.raises(AttributeError):
+        part_parameters(comp, "no_such_part")
+
+
 def _regenerate(context: str) -> None:
     import shutil
 
@@ -420,18 +435,3 @@ def _regenerate(context: str) -> None:
 if __name__ == "__main__":
     if "--regenerate" in sys.argv:
         _regenerate(sys.argv[sys.argv.index("--regenerate") + 1])
-
-
-def test_continue_parts_name_the_gains_apart_from_g_a():
-    # A continuation may train g_a without the per-λ gains, or the gains without g_a: "gains" stands for
-    # the two gain tensors, which belong to the module itself rather than to a submodule.
-    from rdeic_codec.training.stage_rdeic import part_parameters
-
-    comp = HyperpriorModule(get_profile("tiny-hyperprior")["compression"])
-    gains = part_parameters(comp, "gains")
-    assert [p.shape for p in gains] == [comp.log_gain.shape, comp.log_inv_gain.shape]
-    assert gains[0] is comp.log_gain and gains[1] is comp.log_inv_gain
-    g_a = part_parameters(comp, "g_a")
-    assert len(g_a) == len(list(comp.g_a.parameters())) and not any(p is comp.log_gain for p in g_a)
-    with pytest.raises(AttributeError):
-        part_parameters(comp, "no_such_part")
