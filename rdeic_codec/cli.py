@@ -426,7 +426,8 @@ def info(input_path):
               show_default=True,
               help="Comma-separated stages to run, in order. Also: context (the profile's learned context on a "
                    "finished model's compression module, with --from; from scratch the compression stage "
-                   "trains it).")
+                   "trains it, and with the small-hyperprior profile then runs the context and synthesis "
+                   "stages after it).")
 @click.option("--steps", "step_overrides", multiple=True, metavar="STAGE=N",
               help="Iterations of a stage, e.g. --steps stage1=5000 (repeatable).")
 @click.option("--seed", type=int, default=0, show_default=True)

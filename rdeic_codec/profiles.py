@@ -202,6 +202,14 @@ HYPERPRIOR_COMPRESSION = {
     # 2 (session 21's scratch18), every λ bought more bits: the lowest reachable rate was 0.040 bpp on the
     # calibration photos (0.034 on the validation photos), above the 0.027 target.
     "context": "space-channel",
+    # Training only: how the context is trained from scratch. "after", as the shipped models got theirs:
+    # the compression stage with the context held at its no-op start, then the context stage on the
+    # finished module (the rate alone), then the synthesis stage (continue_parts below, on along the
+    # compression stage's schedule), all before stages 1 and 2 (training/pipeline.py). Trained jointly
+    # ("joint") from scratch, z_c was 0.9 dB below 15d299c7's at the low end (scratch18); every run that
+    # trained g_a with the context in the loop moved y to higher rates and lost there (r20cont, r21w06,
+    # r22gaw; docs/training.md, sessions 20–22).
+    "context_training": "after",
     "context_slices": [16, 16, 32, 32],
     "context_hidden": 192,
     "context_channel_hidden": 64,
@@ -254,10 +262,12 @@ HYPERPRIOR_COMPRESSION = {
 SMALL_HYPERPRIOR = copy.deepcopy(SMALL)
 SMALL_HYPERPRIOR["profile"] = "small-hyperprior"
 SMALL_HYPERPRIOR["compression"] = HYPERPRIOR_COMPRESSION
-# Training only (rdeic train's iterations per stage; --steps overrides): the hyperprior's compression stage
-# still rose at 6,000 (docs/training.md, sessions 9–11; the shipped module ran 6,000 + 1,200 with the
-# MS-SSIM term); stages 1 and 2 train the control module alone.
-SMALL_HYPERPRIOR["stage_steps"] = {"compression": 7200, "stage1": 1200, "finetune": 800}
+# Training only (rdeic train's iterations per stage; --steps overrides): those the shipped model's parts ran
+# (models/rdeic-small/README.md): the compression module 4,800 without the context, the context 3,000, g_s,
+# its output layer and the context on to 7,000 (synthesis: the total on the compression stage's schedule);
+# stages 1 and 2 train the control module alone.
+SMALL_HYPERPRIOR["stage_steps"] = {"compression": 4800, "context": 3000, "synthesis": 7000, "stage1": 1200,
+                                   "finetune": 800}
 # The relay starts at t = 75 (noise σ/√ᾱ = 0.29): on this module's z_c, 2 steps from t = 150 lost 0.95 dB
 # and 0.083 MS-SSIM against z_c alone, from 75 0.49 dB and 0.041, at NIQE 1.1 below z_c's (12 validation
 # photos, λ = 0.5; docs/training.md, session 10).

@@ -402,6 +402,61 @@ def test_the_context_stage_goes_on_a_finished_plain_model(tmp_path):
     assert codec.decode(b, codec.encode(b, image, 1.0).data, steps=2).shape == image.shape
 
 
+def test_the_context_after_the_module_one_command(tmp_path, monkeypatch):
+    """A profile with ``"context_training": "after"`` trains its context as the shipped models got theirs,
+    in one command: the compression stage with the context held at its no-op start, the context stage on
+    the finished module, the synthesis stage (g_s, its output layer and the context) on from there, then
+    stages 1 and 2 on that module."""
+    from PIL import Image
+
+    from rdeic_codec import profiles
+    from rdeic_codec.training import pipeline
+    from rdeic_codec.training.checkpoint import load_checkpoint
+
+    staged = profiles.get_profile("tiny-hyperprior")
+    staged["compression"]["context_training"] = "after"
+    monkeypatch.setitem(profiles.PROFILES, "tiny-staged", staged)
+    data = tmp_path / "data"
+    for split, n in (("train", 2), ("valid", 2)):
+        os.makedirs(data / split)
+        for i in range(n):
+            Image.fromarray(smooth_image(256, 256, seed=i + 5 * n)).save(data / split / f"{i}.png")
+    first = make_tiny_model(str(tmp_path / "first"), profile="tiny-shuffle")
+    work, out = tmp_path / "work", tmp_path / "new"
+    steps = {"compression": 2, "context": 2, "synthesis": 4, "stage1": 2, "finetune": 1}
+    pipeline.run(str(data / "train"), str(data / "valid"), str(work), str(out), profile="tiny-staged",
+                 stages=("compression", "stage1", "finetune"), steps=steps, start_from=first, log=lambda m: None)
+
+    def module(stage):
+        m = HyperpriorModule(staged["compression"])
+        assert load_checkpoint(str(work / stage), {"compression": m})["step"] == steps[stage]
+        return m
+
+    def last_layers(m):  # every correction of the context starts at zero there: a context that changes nothing
+        return [p for net in m.context.corrections() for p in net[-1].parameters()]
+
+    compressed, contexted = module("compression"), module("context")
+    # The compression stage left the context as it starts ...
+    assert all(p.abs().sum() == 0 for p in last_layers(compressed))
+    # ... and the context stage trained it.
+    assert any(p.abs().sum() > 0 for p in last_layers(contexted))
+    contexted, synthesised = dict(contexted.named_parameters()), dict(module("synthesis").named_parameters())
+    # ... and the synthesis stage trained the profile's continue_parts alone.
+    parts = tuple(staged["compression"]["continue_parts"])
+    assert any(not torch.equal(synthesised[k], contexted[k]) for k in synthesised if k.startswith(parts))
+    assert all(torch.equal(synthesised[k], contexted[k]) for k in synthesised if not k.startswith(parts)), \
+        [k for k in synthesised if not k.startswith(parts) and not torch.equal(synthesised[k], contexted[k])]
+    # Stages 1 and 2 ran on that module, and the written model is it (the gains recalibrated).
+    b = load_model(str(out))
+    assert {"compression", "context", "synthesis", "stage1", "finetune"} <= set(b.config["training"]["stages"])
+    assert b.config["training"]["steps"]["synthesis"] == 4
+    for k, v in synthesised.items():
+        if k not in ("log_gain", "log_inv_gain"):
+            torch.testing.assert_close(dict(b.compression.named_parameters())[k].float(), v, atol=1e-3, rtol=1e-3)
+    image = smooth_image(64, 64)
+    assert codec.decode(b, codec.encode(b, image, 1.0).data, steps=2).shape == image.shape
+
+
 def test_continue_parts_name_the_gains_apart_from_g_a():
     # A continuation may train g_a without the per-λ gains, or the gains without g_a: "gains" stands for
     # the two gain tensors, which belong to the module itself rather than to a submodule.

@@ -45,6 +45,7 @@ def seed_work_from_model(model_dir: str, work: str, log=print, skip=(), extend=N
     stage1=N``).
     """
     from ..model import load_model
+    from .pipeline import compression_steps
 
     model = load_model(model_dir)
     trained = model.config.get("training", {})
@@ -57,12 +58,13 @@ def seed_work_from_model(model_dir: str, work: str, log=print, skip=(), extend=N
         folder = os.path.join(work, stage)
         if any(os.path.exists(os.path.join(folder, f)) for f in ("done", "checkpoint.safetensors", "vae")):
             continue
-        # The iteration count the model's config gives, so that the written model reports it again.
-        save_checkpoint(folder, _stage_modules(model, stage), None, steps.get(stage),
+        # The iteration count the model's config gives, so that the written model reports it again (for
+        # the compression module, where it stands on the schedule a continuation goes on along).
+        ran = compression_steps(steps) if stage == "compression" else steps.get(stage)
+        save_checkpoint(folder, _stage_modules(model, stage), None, ran,
                         extra={"from_model": model.config["model_id"]})
         if stage == "autoencoder":
             save_autoencoder(model.vae, os.path.join(folder, "vae"))
-        ran = steps.get(stage)
         if stage in (extend or {}) and ran is not None and extend[stage] > ran:
             log(f"{stage}: continues from model {model.config['model_id']}'s {ran} iterations to {extend[stage]}")
             continue

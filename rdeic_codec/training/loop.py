@@ -45,6 +45,9 @@ class Trainer:
         groups = list(params) if params is not None else [p for m in trained.values() for p in m.parameters()]
         # Parameter groups (dicts with "params" and an optional "lr_scale") or plain parameters.
         self.params = [p for g in groups for p in g["params"]] if groups and isinstance(groups[0], dict) else groups
+        # What this stage optimises learns, whatever an earlier stage of the same run froze.
+        for p in self.params:
+            p.requires_grad_(True)
         self.opt = torch.optim.AdamW(groups, lr=lr, weight_decay=0.0)
         meta = load_checkpoint(work_dir, trained, self.opt)
         self.start = meta["step"] if meta else 0

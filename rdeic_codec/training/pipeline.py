@@ -3,6 +3,13 @@
     autoencoder → (decoder) → cache → denoiser, compression → stage1 → finetune (stage 2) → (context)
     → decoder_zc → (VQ index prior) → (rate calibration) → model dir
 
+A profile whose compression section says ``"context_training": "after"`` trains its learned context as
+the shipped models got theirs: the compression stage with the context held at its no-op start, then the
+context stage on the finished module (rate only), then the ``synthesis`` stage (the profile's
+``continue_parts``, on along the compression stage's schedule), all before stages 1 and 2:
+
+    compression → context → synthesis → stage1 → finetune → decoder_zc
+
 "denoiser" and "compression" are independent of each other: on a machine with spare cores they can
 run at the same time, as two ``rdeic train --stages ...`` processes with the same ``--work``.
 
@@ -21,7 +28,8 @@ from ..model import RDEICModel, save_model
 from ..profiles import get_profile
 from .distributed import runtime
 
-STAGES = ("autoencoder", "decoder", "denoiser", "compression", "stage1", "finetune", "context", "decoder_zc")
+STAGES = ("autoencoder", "decoder", "denoiser", "compression", "stage1", "finetune", "context", "synthesis",
+          "decoder_zc")
 
 
 def _done(work: str, stage: str) -> bool:
@@ -62,7 +70,7 @@ def run(train_dir: str, valid_dir: str, work: str, output: str | None, profile: 
     recipe = get_profile(profile)
     asked = dict(steps or {})  # the counts given explicitly (--steps): a seeded stage may continue to them
     steps = {"autoencoder": 4500, "decoder": 1000, "denoiser": 2100, "compression": 1800, "stage1": 2200, "finetune": 2000,
-             "context": 3000, "decoder_zc": 3000,
+             "context": 3000, "synthesis": 0, "decoder_zc": 3000,
              **recipe.pop("stage_steps", {}), **(steps or {})}
     rt = runtime(device)
     continuing = False  # continues a --from model's compression module (set below)
@@ -127,17 +135,30 @@ def run(train_dir: str, valid_dir: str, work: str, output: str | None, profile: 
         _mark_done(work, "denoiser")
     if any(s in stages for s in ("stage1", "finetune")) or output:
         _load_denoiser(model, os.path.join(work, "denoiser"))
+    # The context after the module (see the module docstring): a new module of a profile that asks for it.
+    staged = ("compression" in stages and not continuing
+              and config["compression"].get("context_training", "joint") == "after")
+    order = ("compression", "context", "synthesis", "stage1", "finetune") if staged else ("compression", "stage1", "finetune")
     previous = None
-    for stage in ("compression", "stage1", "finetune"):
+    for stage in order:
         folder = os.path.join(work, stage)
         modules = {"compression": model.compression}
-        if stage != "compression":
+        if stage not in ("compression", "context", "synthesis"):
             modules["control"] = model.control
-        if _done(work, stage):
+        if stage in ("context", "synthesis") and not _done(work, stage):
+            if not os.path.exists(os.path.join(folder, "checkpoint.safetensors")):
+                load_checkpoint(os.path.join(work, previous), modules)
+            if stage == "context":
+                train_context(model, train_cache, valid_cache, folder, steps["context"], seed=seed,
+                              lr=config["compression"].get("context_learning_rate", 1e-4), log=log)
+            else:
+                _train_synthesis(model, config, train_cache, valid_cache, valid_dir, folder, steps, seed)
+            _mark_done(work, stage)
+        elif _done(work, stage):
             # A finished stage's weights carry into the later stages and into the written model. Stages 1
             # and 2 leave a frozen compression module as they found it, and it may have trained on since
             # (a continued compression stage): of theirs, only the control module counts.
-            if stage != "compression" and compression_is_frozen(model):
+            if "control" in modules and compression_is_frozen(model):
                 modules = {"control": model.control}
             load_checkpoint(folder, modules)
         elif stage in stages:
@@ -145,7 +166,7 @@ def run(train_dir: str, valid_dir: str, work: str, output: str | None, profile: 
                 # A stage starts from where the one before it got to (stage 1: the pretrained compression
                 # module; stage 2: stage 1's compression and control modules).
                 carried = {"compression": model.compression}
-                if previous != "compression":
+                if previous in ("stage1", "finetune"):
                     carried["control"] = model.control
                 load_checkpoint(os.path.join(work, previous), carried)
             if stage in ("compression", "stage1"):
@@ -153,13 +174,16 @@ def run(train_dir: str, valid_dir: str, work: str, output: str | None, profile: 
                 # A continued module trains the profile's parts (as a new context takes the profile's settings).
                 parts = recipe["compression"].get("continue_parts") if stage == "compression" and continuing else None
                 train_stage1(model, train_cache, valid_cache, folder, steps[stage], seed=seed, lr=lr,
-                             diffusion=stage == "stage1", valid_dir=valid_dir, parts=parts)
+                             diffusion=stage == "stage1", valid_dir=valid_dir, parts=parts,
+                             freeze_context=staged and stage == "compression")
             else:
                 train_finetune(model, train_dir, valid_dir, folder, steps[stage], seed=seed)
             _mark_done(work, stage)
         previous = stage
     folder = os.path.join(work, "context")
-    if _done(work, "context"):
+    if staged:
+        pass  # trained above, before stages 1 and 2
+    elif _done(work, "context"):
         load_checkpoint(folder, {"compression": model.compression})
     elif "context" in stages and config["compression"].get("context", "none") != "none":
         # Before decoder_zc, so that the decoder trains on the z_c the finished module makes.
@@ -203,13 +227,39 @@ def run(train_dir: str, valid_dir: str, work: str, output: str | None, profile: 
     rt.barrier()
 
 
+def _train_synthesis(model, config: dict, train_cache: str, valid_cache: str, valid_dir: str, folder: str,
+                     steps: dict, seed: int) -> None:
+    """The ``synthesis`` stage: the profile's ``continue_parts`` (g_s, its output layer and the context)
+    trained around a context that learned the rate alone, from the compression stage's last iteration to
+    ``steps["synthesis"]`` on the same schedule, as a ``--from`` continuation does (docs/training.md,
+    session 20: without it the context's means move ŷ where g_s has never seen it)."""
+    from .checkpoint import save_checkpoint
+    from .stage_rdeic import train_stage1
+
+    if steps["synthesis"] <= steps["compression"]:
+        raise ValueError(f"the synthesis stage goes on from the compression stage's {steps['compression']} "
+                         f"iterations: give it more (stage_steps or --steps synthesis=N), not {steps['synthesis']}")
+    if not os.path.exists(os.path.join(folder, "checkpoint.safetensors")):
+        # Starts where the compression stage's schedule stood, with a fresh optimiser (as --from does).
+        save_checkpoint(folder, {"compression": model.compression}, None, steps["compression"])
+    train_stage1(model, train_cache, valid_cache, folder, steps["synthesis"], seed=seed,
+                 lr=config["compression"].get("learning_rate", 1e-4), diffusion=False, valid_dir=valid_dir,
+                 parts=config["compression"]["continue_parts"])
+
+
 def continues_compression(start_config: dict, stages, asked: dict) -> bool:
     """Whether ``rdeic train --from M --stages compression`` goes on training M's own compression module
     (``--steps compression=N`` above the iterations M's config records) instead of a new one of the
     profile's design: how g_s learns a context put on a finished module (the ``context`` stage), at the
     tail of the compression stage's schedule. The profile's ``continue_parts`` names what it trains."""
-    ran = start_config.get("training", {}).get("steps", {}).get("compression")
+    ran = compression_steps(start_config.get("training", {}).get("steps", {}))
     return "compression" in stages and ran is not None and asked.get("compression", 0) > ran
+
+
+def compression_steps(trained_steps: dict) -> int | None:
+    """Where a model's compression module stands on the compression stage's schedule: the compression
+    stage's iterations, or the synthesis stage's that went on from them."""
+    return trained_steps.get("synthesis") or trained_steps.get("compression")
 
 
 def _start_calibration(model: RDEICModel, start_from: str | None) -> tuple[dict | None, bool]:

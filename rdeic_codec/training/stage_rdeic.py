@@ -174,12 +174,15 @@ def part_parameters(compression, name: str) -> list:
 
 def train_stage1(model, cache_path: str, valid_cache: str, work_dir: str, steps: int, batch: int = 8,
                  crop: int = 32, lr: float = 1e-4, seed: int = 0, save_every: int = 300,
-                 diffusion: bool = True, valid_dir: str | None = None, parts: list[str] | None = None):
+                 diffusion: bool = True, valid_dir: str | None = None, parts: list[str] | None = None,
+                 freeze_context: bool = False):
     """Train (or resume) stage 1 on a model whose VAE and UNet are already trained; updates ``model``.
 
     With ``diffusion=False`` this is the "compression" pretraining stage (no UNet, no control); ``parts``
     then names the compression module's submodules it trains (e.g. ``["g_s", "out", "context"]``, the
-    profile's ``continue_parts`` for a continued stage), the rest frozen; None trains all of it.
+    profile's ``continue_parts`` for a continued stage), the rest frozen; None trains all of it, or all
+    but the learned context with ``freeze_context`` (its corrections start at zero, so the module trains
+    as one without a context; the context stage comes after).
     With ``valid_dir``, validation also range-codes a few of its images (see :mod:`.file_rate`).
     """
     torch.manual_seed(seed)
@@ -194,6 +197,10 @@ def train_stage1(model, cache_path: str, valid_cache: str, work_dir: str, steps:
             p.requires_grad_(True)
     elif not diffusion and hasattr(model.compression, "param_groups"):
         params = model.compression.param_groups()
+        if freeze_context:
+            held = {id(p) for p in model.compression.context.parameters()}
+            model.compression.context.requires_grad_(False)
+            params = [{**g, "params": [p for p in g["params"] if id(p) not in held]} for g in params]
     if diffusion:
         trained["control"] = model.control
         if compression_is_frozen(model):  # still checkpointed with the stage, so later stages find it
