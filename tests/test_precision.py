@@ -103,5 +103,7 @@ def test_every_stage_trains_in_bf16_and_says_so(tmp_path, bf16_training, capsys)
     log = open(tmp_path / "work" / "finetune" / "valid.log").read()
     assert "nan" not in log.lower()
     said = capsys.readouterr()
-    for stage in pipeline.STAGES:
+    # The synthesis stage runs for a profile that trains its context after the module (this one trains it
+    # jointly); it is the compression stage's loop on other parts (test_hyperprior runs it).
+    for stage in (s for s in pipeline.STAGES if s != "synthesis"):
         assert f"{stage}: training steps in bf16" in said.out + said.err

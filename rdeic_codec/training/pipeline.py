@@ -135,9 +135,10 @@ def run(train_dir: str, valid_dir: str, work: str, output: str | None, profile: 
         _mark_done(work, "denoiser")
     if any(s in stages for s in ("stage1", "finetune")) or output:
         _load_denoiser(model, os.path.join(work, "denoiser"))
-    # The context after the module (see the module docstring): a new module of a profile that asks for it.
-    staged = ("compression" in stages and not continuing
-              and config["compression"].get("context_training", "joint") == "after")
+    # The context after the module (see the module docstring): a new module of a profile that asks for it,
+    # also when later stages run on their own in the same work folder (stage 1 must start from synthesis).
+    staged = (not continuing and config["compression"].get("context_training", "joint") == "after"
+              and ("compression" in stages or os.path.isdir(os.path.join(work, "synthesis"))))
     order = ("compression", "context", "synthesis", "stage1", "finetune") if staged else ("compression", "stage1", "finetune")
     previous = None
     for stage in order:
