@@ -426,6 +426,7 @@ def test_the_context_after_the_module_one_command(tmp_path, monkeypatch):
     steps = {"compression": 2, "context": 2, "synthesis": 4, "stage1": 2, "finetune": 1}
     pipeline.run(str(data / "train"), str(data / "valid"), str(work), str(out), profile="tiny-staged",
                  stages=("compression", "stage1", "finetune"), steps=steps, start_from=first, log=lambda m: None)
+    assert open(work / "synthesis" / "valid.log").read().startswith("step 2 valid ")  # on from compression's 2
 
     def module(stage):
         m = HyperpriorModule(staged["compression"])

@@ -245,7 +245,7 @@ def _train_synthesis(model, config: dict, train_cache: str, valid_cache: str, va
         save_checkpoint(folder, {"compression": model.compression}, None, steps["compression"])
     train_stage1(model, train_cache, valid_cache, folder, steps["synthesis"], seed=seed,
                  lr=config["compression"].get("learning_rate", 1e-4), diffusion=False, valid_dir=valid_dir,
-                 parts=config["compression"]["continue_parts"])
+                 parts=config["compression"]["continue_parts"], name="synthesis")
 
 
 def continues_compression(start_config: dict, stages, asked: dict) -> bool:

@@ -175,7 +175,7 @@ def part_parameters(compression, name: str) -> list:
 def train_stage1(model, cache_path: str, valid_cache: str, work_dir: str, steps: int, batch: int = 8,
                  crop: int = 32, lr: float = 1e-4, seed: int = 0, save_every: int = 300,
                  diffusion: bool = True, valid_dir: str | None = None, parts: list[str] | None = None,
-                 freeze_context: bool = False):
+                 freeze_context: bool = False, name: str | None = None):
     """Train (or resume) stage 1 on a model whose VAE and UNet are already trained; updates ``model``.
 
     With ``diffusion=False`` this is the "compression" pretraining stage (no UNet, no control); ``parts``
@@ -184,6 +184,7 @@ def train_stage1(model, cache_path: str, valid_cache: str, work_dir: str, steps:
     but the learned context with ``freeze_context`` (its corrections start at zero, so the module trains
     as one without a context; the context stage comes after).
     With ``valid_dir``, validation also range-codes a few of its images (see :mod:`.file_rate`).
+    ``name`` is what the log calls the stage (default "stage1" or "compression").
     """
     torch.manual_seed(seed)
     for p in list(model.vae.parameters()) + list(model.unet.parameters()):
@@ -206,7 +207,7 @@ def train_stage1(model, cache_path: str, valid_cache: str, work_dir: str, steps:
         if compression_is_frozen(model):  # still checkpointed with the stage, so later stages find it
             model.compression.requires_grad_(False)
             params = list(model.control.parameters())
-    trainer = Trainer("stage1" if diffusion else "compression", work_dir, trained, steps, lr, params=params,
+    trainer = Trainer(name or ("stage1" if diffusion else "compression"), work_dir, trained, steps, lr, params=params,
                       clip=1.0, save_every=save_every)
     dev = trainer.device
     model.to(dev)
