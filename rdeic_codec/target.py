@@ -178,9 +178,6 @@ def refine_to_size(model, pixels: np.ndarray, analysis: codec.ImageAnalysis, fou
         iterations: refinement steps (see :func:`codec.refine_analysis`).
         progress: called with (steps done, steps in all) during each refinement.
     """
-    from .refine import check_refinable
-
-    check_refinable(model)
     lo = model.compression.lambda_range[0]
     lam = found.result.lam
     slope = _local_slope(found.probes, lam)

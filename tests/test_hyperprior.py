@@ -164,18 +164,23 @@ def test_golden_file_pins_the_bitstream(context):
     assert torch.equal(y_hat.double(), torch.from_numpy(np.load(os.path.join(golden_dir, "y_hat.npy"))))
 
 
-def test_a_new_compression_module_goes_on_a_finished_model(tmp_path):
-    """`rdeic train --from MODEL --stages compression,...`: the model's autoencoder and denoiser carry
-    over, the profile's compression design is trained afresh, and the written model codes files."""
+def _photo_folders(data, valid: int):
+    """``data``/train (2 photos) and ``data``/valid (``valid`` photos) of smooth 256×256 images."""
     from PIL import Image
 
-    from rdeic_codec.training import pipeline
-
-    data = tmp_path / "data"
-    for split, n in (("train", 2), ("valid", 2)):
+    for split, n in (("train", 2), ("valid", valid)):
         os.makedirs(data / split)
         for i in range(n):
             Image.fromarray(smooth_image(256, 256, seed=i + 5 * n)).save(data / split / f"{i}.png")
+    return data
+
+
+def test_a_new_compression_module_goes_on_a_finished_model(tmp_path):
+    """`rdeic train --from MODEL --stages compression,...`: the model's autoencoder and denoiser carry
+    over, the profile's compression design is trained afresh, and the written model codes files."""
+    from rdeic_codec.training import pipeline
+
+    data = _photo_folders(tmp_path / "data", valid=2)
     first = make_tiny_model(str(tmp_path / "first"), profile="tiny-shuffle")
     out = tmp_path / "new"
     pipeline.run(str(data / "train"), str(data / "valid"), str(tmp_path / "work"), str(out),
@@ -363,16 +368,10 @@ def test_the_context_stage_goes_on_a_finished_plain_model(tmp_path):
     """`rdeic train --from MODEL --stages context`: only the new context trains, and every other weight
     comes through unchanged but the λ gains, which the rate calibration takes from the model's trained
     range again (the context lowered the rates); the written model codes files."""
-    from PIL import Image
-
     from rdeic_codec.model import save_model
     from rdeic_codec.training import pipeline
 
-    data = tmp_path / "data"
-    for split, n in (("train", 2), ("valid", 1)):
-        os.makedirs(data / split)
-        for i in range(n):
-            Image.fromarray(smooth_image(256, 256, seed=i + 5 * n)).save(data / split / f"{i}.png")
+    data = _photo_folders(tmp_path / "data", valid=1)
     plain = load_model(make_golden_model(str(tmp_path / "made"), "none"))
     first = tmp_path / "first"
     stages = ("autoencoder", "denoiser", "compression", "stage1", "finetune")
@@ -407,8 +406,6 @@ def test_the_context_after_the_module_one_command(tmp_path, monkeypatch):
     in one command: the compression stage with the context held at its no-op start, the context stage on
     the finished module, the synthesis stage (g_s, its output layer and the context) on from there, then
     stages 1 and 2 on that module."""
-    from PIL import Image
-
     from rdeic_codec import profiles
     from rdeic_codec.training import pipeline
     from rdeic_codec.training.checkpoint import load_checkpoint
@@ -416,11 +413,7 @@ def test_the_context_after_the_module_one_command(tmp_path, monkeypatch):
     staged = profiles.get_profile("tiny-hyperprior")
     staged["compression"]["context_training"] = "after"
     monkeypatch.setitem(profiles.PROFILES, "tiny-staged", staged)
-    data = tmp_path / "data"
-    for split, n in (("train", 2), ("valid", 2)):
-        os.makedirs(data / split)
-        for i in range(n):
-            Image.fromarray(smooth_image(256, 256, seed=i + 5 * n)).save(data / split / f"{i}.png")
+    data = _photo_folders(tmp_path / "data", valid=2)
     first = make_tiny_model(str(tmp_path / "first"), profile="tiny-shuffle")
     work, out = tmp_path / "work", tmp_path / "new"
     steps = {"compression": 2, "context": 2, "synthesis": 4, "stage1": 2, "finetune": 1}
